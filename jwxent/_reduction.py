@@ -1,0 +1,143 @@
+"""The one definition of `weights`, `where`, `ignore_index` and `reduction`.
+
+Every loss computes a batch-shaped array of weighted per-example losses
+`values = w·ℓ` and a batch-shaped effective weight `w`, then calls
+`reduce_loss`. Masked examples are zeroed here with `jnp.where`, so they give
+exactly 0 loss and 0 gradient; the losses also replace masked inputs before
+the math (the double-`where` trick) so that no NaN can leak through.
+
+| reduction | value |
+| --- | --- |
+| `"none"` | `w·m·ℓ`, batch-shaped |
+| `"sum"` | `Σ w·m·ℓ` |
+| `"mean"` | `Σ w·m·ℓ / Σ m` |
+| `"weighted_mean"` | `Σ w·m·ℓ / Σ w·m` |
+| `"sum_by_nonzero_weights"` | `Σ w·m·ℓ / #{w·m ≠ 0}` |
+
+A zero denominator gives 0 loss and 0 gradient, never NaN.
+"""
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+
+from jwxent import _checks
+from jwxent._typing import Array, ArrayLike, Reduction
+
+
+def combine_masks(*masks: Array | None) -> Array | None:
+    """Logical AND of the masks that are not None; None if all are None."""
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    combined = present[0]
+    for mask in present[1:]:
+        combined = combined & mask
+    return combined
+
+
+def example_mask(
+    batch_shape: Sequence[int],
+    *,
+    where: ArrayLike | None = None,
+    labels: Array | None = None,
+    ignore_index: int | None = None,
+) -> Array | None:
+    """Boolean `batch_shape` mask of the examples that count, or None if all do.
+
+    Args:
+      batch_shape: the shape of the per-example loss.
+      where: optional mask broadcastable to `batch_shape` (optax semantics).
+      labels: integer labels of shape `batch_shape`, used with `ignore_index`.
+      ignore_index: examples whose label equals it are masked (PyTorch).
+
+    Returns:
+      A bool array of shape `batch_shape`, or None when nothing is masked.
+    """
+    mask = None
+    if where is not None:
+        where = jnp.asarray(where)
+        _checks.check_broadcastable(where, batch_shape, "where")
+        mask = jnp.broadcast_to(where.astype(bool), tuple(batch_shape))
+    if ignore_index is not None and labels is not None:
+        mask = combine_masks(mask, labels != ignore_index)
+    return mask
+
+
+def example_weights(
+    weights: ArrayLike | None, batch_shape: Sequence[int], dtype: jnp.dtype
+) -> Array | None:
+    """`weights` validated and broadcast to `batch_shape` in `dtype`, or None."""
+    if weights is None:
+        return None
+    weights = jnp.asarray(weights)
+    _checks.check_broadcastable(weights, batch_shape, "weights")
+    return jnp.broadcast_to(weights.astype(dtype), tuple(batch_shape))
+
+
+def multiply(*factors: Array | None) -> Array | None:
+    """Product of the factors that are not None; None if all are None."""
+    present = [f for f in factors if f is not None]
+    if not present:
+        return None
+    product = present[0]
+    for factor in present[1:]:
+        product = product * factor
+    return product
+
+
+def scale(values: Array, factor: Array | None) -> Array:
+    """`factor * values`, or `values` when `factor` is None."""
+    return values if factor is None else factor * values
+
+
+def safe_divide(numerator: Array, denominator: Array) -> Array:
+    """`numerator / denominator`, and exactly 0 (with 0 gradient) where it is 0."""
+    is_zero = denominator == 0
+    safe = jnp.where(is_zero, jnp.ones_like(denominator), denominator)
+    return jnp.where(is_zero, jnp.zeros_like(numerator), numerator / safe)
+
+
+def reduce_loss(
+    values: Array,
+    reduction: Reduction,
+    *,
+    mask: Array | None = None,
+    weight: Array | None = None,
+) -> Array:
+    """Masks and reduces weighted per-example losses.
+
+    Args:
+      values: `w·ℓ`, the weighted per-example losses, batch-shaped.
+      reduction: one of `jwxent.Reduction`.
+      mask: optional bool array of `values.shape`; False entries count nowhere.
+      weight: the effective weight `w` of each example, used by the
+        `"weighted_mean"` and `"sum_by_nonzero_weights"` denominators; None
+        means 1 for every example.
+
+    Returns:
+      `values.shape` for `"none"`, a scalar otherwise; `values.dtype`.
+    """
+    _checks.check_reduction(reduction)
+    if mask is not None:
+        values = jnp.where(mask, values, jnp.zeros_like(values))
+    if reduction == "none":
+        return values
+    total = jnp.sum(values)
+    if reduction == "sum":
+        return total
+    return safe_divide(total, _denominator(values, reduction, mask, weight))
+
+
+def _denominator(values: Array, reduction: str, mask: Array | None, weight: Array | None) -> Array:
+    """The divisor of the mean-like reductions, in `values.dtype`."""
+    dtype = values.dtype
+    counted = jnp.ones(values.shape, bool) if mask is None else mask
+    if reduction == "mean":
+        return jnp.sum(counted, dtype=dtype)
+    if weight is None:
+        weight = jnp.ones(values.shape, dtype)
+    masked_weight = jnp.where(counted, weight, jnp.zeros_like(weight))
+    if reduction == "weighted_mean":
+        return jnp.sum(masked_weight)
+    return jnp.sum(masked_weight != 0, dtype=dtype)

@@ -1,0 +1,666 @@
+"""Softmax cross-entropy family: a custom-VJP core and the public losses.
+
+Every softmax loss here is a plain-JAX function of four per-example statistics
+of the logits `z` (class axis last), computed by one private custom-VJP core:
+
+* `lse = logsumexp(z)`,
+* `picked = z[label]` for integer labels,
+* `dot = Σ_k t_k z_k` for a target vector or matrix `t`,
+* `prob_dot = Σ_k t_k softmax(z)_k` (only for the poly loss).
+
+The core's backward pass is one fused elementwise expression,
+`dz = g_lse·p + g_picked·onehot(label) + g_dot·t + g_prob·p·(t − prob_dot)`,
+with `p = exp(z − lse)` recomputed from the saved logits and `lse`, so no
+`[batch, classes]` probability, one-hot or float32 copy is ever stored.
+Everything that is linear in the per-example loss (weights, class weights,
+masks, label smoothing, z-loss, reductions) stays outside the core in plain
+JAX, so autodiff gives the cotangents of those arguments for free.
+"""
+
+import functools
+from typing import cast
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jwxent import _checks, _reduction, _weights
+from jwxent._typing import Array, ArrayLike, Axis, Reduction
+
+# ---------------------------------------------------------------------------
+# The custom-VJP core.
+# ---------------------------------------------------------------------------
+
+
+def compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
+    """float64 for float64 inputs, float32 for everything narrower."""
+    wide = jnp.dtype(dtype) == jnp.float64
+    return jnp.dtype(jnp.float64) if wide else jnp.dtype(jnp.float32)
+
+
+def _rows(vector: Array, ndim: int) -> Array:
+    """Reshapes a `[C]` vector to `[1, ..., 1, C]` so it broadcasts over rows."""
+    if vector.ndim == ndim:
+        return vector
+    return vector.reshape((1,) * (ndim - 1) + vector.shape[-1:])
+
+
+def _sum_to_shape(x: Array, shape: tuple[int, ...]) -> Array:
+    """Sums the leading axes of `x` away so that it has `shape` (a `[C]` target)."""
+    if x.shape == shape:
+        return x
+    return jnp.sum(x, axis=tuple(range(x.ndim - len(shape))))
+
+
+def _logsumexp(z: Array, class_mask: Array | None) -> Array:
+    """Row-wise log-sum-exp of `[..., C]` logits over the unmasked classes."""
+    dtype = compute_dtype(z.dtype)
+    if class_mask is not None:
+        z = jnp.where(class_mask, z, jnp.array(-jnp.inf, z.dtype))
+    row_max = jnp.max(z, axis=-1, keepdims=True).astype(dtype)
+    # A row of -inf has max -inf; shift by 0 instead so the result is -inf, not NaN.
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    shifted = z.astype(dtype) - row_max
+    return jnp.log(jnp.sum(jnp.exp(shifted), axis=-1)) + row_max[..., 0]
+
+
+def _softmax(z: Array, lse: Array, class_mask: Array | None) -> Array:
+    """`exp(z - lse)` in `lse.dtype`, exactly 0 on masked classes."""
+    probs = jnp.exp(z.astype(lse.dtype) - lse[..., None])
+    if class_mask is None:
+        return probs
+    return jnp.where(class_mask, probs, 0.0)
+
+
+def _label_hits(z: Array, labels: Array) -> Array:
+    """Bool `[..., C]`: True at each row's label. An iota compare, not a gather."""
+    classes = lax.broadcasted_iota(labels.dtype, z.shape, z.ndim - 1)
+    return classes == labels[..., None]
+
+
+def _finite_or_zero(z: Array) -> Array:
+    """Replaces -inf logits (masked classes) by 0 so that `0·(-inf)` is 0, not NaN."""
+    return jnp.where(jnp.isneginf(z), jnp.zeros_like(z), z)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _logit_stats(
+    with_prob_dot: bool,
+    logits: Array,
+    class_mask: Array | None,
+    labels: Array | None,
+    targets: Array | None,
+) -> tuple[Array, Array, Array, Array]:
+    """Per-row `(lse, picked, dot, prob_dot)` of `[..., C]` logits.
+
+    Args:
+      with_prob_dot: static; compute `prob_dot` (else it is zeros).
+      logits: `[..., C]` floating point.
+      class_mask: bool `[..., C]` of the classes in the softmax, or None for all.
+        Every row must keep at least one class.
+      labels: integer `[...]` within `[0, C)`, or None (then `picked` is zeros).
+      targets: `[..., C]` or `[C]` floating point, or None (then `dot` is zeros).
+
+    Returns:
+      Four `[...]` arrays in the compute dtype.
+    """
+    return _logit_stats_fwd(with_prob_dot, logits, class_mask, labels, targets)[0]
+
+
+def _logit_stats_fwd(with_prob_dot, logits, class_mask, labels, targets):
+    dtype = compute_dtype(logits.dtype)
+    z = logits.astype(dtype)
+    zeros = jnp.zeros(logits.shape[:-1], dtype)
+    lse = _logsumexp(logits, class_mask)
+    picked = zeros
+    if labels is not None:
+        picked = jnp.sum(jnp.where(_label_hits(z, labels), z, 0.0), axis=-1)
+    dot = prob_dot = zeros
+    if targets is not None:
+        t = _rows(targets.astype(dtype), z.ndim)
+        dot = jnp.sum(t * _finite_or_zero(z), axis=-1)
+        if with_prob_dot:
+            prob_dot = jnp.sum(t * _softmax(z, lse, class_mask), axis=-1)
+    # Residuals: the logits we were given (no copy), the masks, labels and
+    # targets, and one lse (and prob_dot) per row. Probabilities are recomputed.
+    residuals = (logits, class_mask, labels, targets, lse, prob_dot)
+    return (lse, picked, dot, prob_dot), residuals
+
+
+def _logit_stats_bwd(with_prob_dot, residuals, cotangents):
+    logits, class_mask, labels, targets, lse, prob_dot = residuals
+    g_lse, g_picked, g_dot, g_prob = cotangents
+    dtype = lse.dtype
+    z = logits.astype(dtype)
+    probs = _softmax(z, lse, class_mask)
+    d_logits = g_lse[..., None] * probs
+    if labels is not None:
+        d_logits = d_logits + jnp.where(_label_hits(z, labels), g_picked[..., None], 0.0)
+    d_targets = None
+    if targets is not None:
+        t = _rows(targets.astype(dtype), z.ndim)
+        d_logits = d_logits + g_dot[..., None] * t
+        d_t = g_dot[..., None] * _finite_or_zero(z)
+        if with_prob_dot:
+            d_logits = d_logits + g_prob[..., None] * probs * (t - prob_dot[..., None])
+            d_t = d_t + g_prob[..., None] * probs
+        d_targets = _sum_to_shape(d_t, targets.shape).astype(targets.dtype)
+    return d_logits.astype(logits.dtype), None, None, d_targets
+
+
+_logit_stats.defvjp(_logit_stats_fwd, _logit_stats_bwd)
+
+
+def logit_stats(
+    logits: Array,
+    class_mask: Array | None = None,
+    *,
+    labels: Array | None = None,
+    targets: Array | None = None,
+    with_prob_dot: bool = False,
+) -> tuple[Array, Array, Array, Array]:
+    """`(lse, picked, dot, prob_dot)` per row, differentiable by the custom VJP.
+
+    The entry point of the core for every softmax-family loss; see
+    `_logit_stats` for the arguments.
+    """
+    stats = _logit_stats(with_prob_dot, logits, class_mask, labels, targets)
+    return cast(tuple[Array, Array, Array, Array], stats)
+
+
+# ---------------------------------------------------------------------------
+# Shared preparation: class axis last, masks, weights.
+# ---------------------------------------------------------------------------
+
+
+def _class_axes(axis: Axis | None, ndim: int) -> tuple[int, ...]:
+    """Canonical, sorted-as-given class axes, validated against `ndim`."""
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, bool) or not isinstance(axis, int | tuple):
+        raise TypeError(f"`axis` must be an int or a tuple of ints; got {type(axis)}.")
+    axes = (axis,) if isinstance(axis, int) else axis
+    canonical = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(f"`axis` {a} is out of bounds for logits of rank {ndim}.")
+        canonical.append(a % ndim)
+    return tuple(canonical)
+
+
+def _classes_last(x: Array, class_axes: tuple[int, ...]) -> Array:
+    """Moves `class_axes` of `x` to the end and flattens them into one axis."""
+    batch_axes = tuple(a for a in range(x.ndim) if a not in class_axes)
+    order = batch_axes + class_axes
+    if order != tuple(range(x.ndim)):
+        x = jnp.transpose(x, order)
+    return x.reshape(x.shape[: len(batch_axes)] + (-1,))
+
+
+class _Prepared:
+    """Logits with the class axis last, and the masks implied by `where`.
+
+    Attributes:
+      logits: `[*batch, C]`, the class axes moved last and flattened.
+      batch_shape, num_classes, dtype: shape facts and the compute dtype.
+      logit_mask: bool `[*batch, C]` for a logits-shaped `where`, else None.
+      row_mask: bool `[*batch]` of the examples that count, else None.
+    """
+
+    def __init__(self, logits: ArrayLike, axis: Axis | None, where: ArrayLike | None):
+        logits = jnp.asarray(logits)
+        _checks.check_floating(logits, "logits")
+        if logits.ndim == 0:
+            raise ValueError("`logits` must have a class axis; got a scalar.")
+        self.input_shape = tuple(logits.shape)
+        self.class_axes = _class_axes(axis, logits.ndim)
+        self.logits = _classes_last(logits, self.class_axes)
+        self.batch_shape = tuple(self.logits.shape[:-1])
+        self.num_classes = self.logits.shape[-1]
+        self.dtype = compute_dtype(logits.dtype)
+        self.logit_mask = None
+        self.row_mask = None
+        if where is not None:
+            where = jnp.asarray(where)
+            if where.ndim == logits.ndim:
+                # optax: a logits-shaped `where` masks classes out of the softmax.
+                self.logit_mask = self.classes_last(where.astype(bool), "where")
+                self.row_mask = jnp.any(self.logit_mask, axis=-1)
+            else:
+                self.row_mask = _reduction.example_mask(self.batch_shape, where=where)
+
+    def classes_last(self, x: ArrayLike, name: str) -> Array:
+        """A companion of the logits' shape (probability labels) in their layout."""
+        x = jnp.asarray(x)
+        _checks.check_broadcastable(x, self.input_shape, name)
+        return _classes_last(jnp.broadcast_to(x, self.input_shape), self.class_axes)
+
+    def masked_inputs(self, mask: Array | None) -> tuple[Array, Array | None]:
+        """Logits and class mask with the rows where `mask` is False neutralised.
+
+        Masked rows get zero logits and all classes unmasked, so no NaN or inf
+        there can reach the gradient (the double-`where` trick: replace the
+        inputs, then mask the outputs in `_reduction.reduce_loss`).
+        """
+        z, class_mask = self.logits, self.logit_mask
+        if mask is None:
+            return z, class_mask
+        z = jnp.where(mask[..., None], z, jnp.zeros_like(z))
+        if class_mask is not None:
+            class_mask = class_mask | ~mask[..., None]
+        return z, class_mask
+
+
+def _check_options(label_smoothing: float, z_loss: float, reduction: str) -> None:
+    _checks.check_label_smoothing(label_smoothing)
+    _checks.check_nonnegative(z_loss, "z_loss")
+    _checks.check_reduction(reduction)
+
+
+def _class_weights(class_weights: ArrayLike | None, prepared: _Prepared) -> Array | None:
+    if class_weights is None:
+        return None
+    class_weights = jnp.asarray(class_weights)
+    _checks.check_class_weights(class_weights, prepared.num_classes)
+    return class_weights.astype(prepared.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Integer labels.
+# ---------------------------------------------------------------------------
+
+
+def _integer_label_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: Axis,
+    where: ArrayLike | None,
+    weights: ArrayLike | None,
+    class_weights: ArrayLike | None,
+    cost_matrix: ArrayLike | None,
+    ignore_index: int | None,
+    label_smoothing: float,
+    z_loss: float,
+    reduction: Reduction,
+) -> Array:
+    """Implementation of `softmax_cross_entropy_with_integer_labels`."""
+    _check_options(label_smoothing, z_loss, reduction)
+    prepared = _Prepared(logits, axis, where)
+    labels = jnp.asarray(labels)
+    _checks.check_integer(labels, "labels")
+    _checks.check_shape(labels, prepared.batch_shape, "labels", "the logits' batch shape")
+    if label_smoothing and prepared.logit_mask is not None:
+        raise ValueError("`label_smoothing` cannot be combined with a logits-shaped `where`.")
+    num_classes = prepared.num_classes
+    cw = _class_weights(class_weights, prepared)
+    mask = _reduction.combine_masks(
+        prepared.row_mask,
+        _reduction.example_mask(prepared.batch_shape, labels=labels, ignore_index=ignore_index),
+    )
+    _checks.check_labels_in_range(labels, num_classes, mask)
+    in_range = (labels >= 0) & (labels < num_classes)
+    safe_labels = jnp.where(in_range if mask is None else in_range & mask, labels, 0)
+    z, class_mask = prepared.masked_inputs(mask)
+    smoothing_targets = None
+    if label_smoothing:
+        smoothing_targets = cw if cw is not None else jnp.ones(num_classes, prepared.dtype)
+
+    lse, picked, dot, _ = logit_stats(z, class_mask, labels=safe_labels, targets=smoothing_targets)
+    # Out-of-range labels under jit: NaN for that example, never a clamped value.
+    nll = jnp.where(in_range if mask is None else in_range | ~mask, lse - picked, jnp.nan)
+    label_weight = None if cw is None else _weights.gather_class_weights(cw, safe_labels)
+    loss = _reduction.scale(nll, label_weight)
+    if smoothing_targets is not None:
+        smooth = lse * jnp.sum(smoothing_targets) - dot
+        loss = (1.0 - label_smoothing) * loss + (label_smoothing / num_classes) * smooth
+    if z_loss:
+        loss = loss + _reduction.scale(z_loss * jnp.square(lse), label_weight)
+
+    example_weight = _reduction.example_weights(weights, prepared.batch_shape, prepared.dtype)
+    if cost_matrix is not None:
+        cost_matrix = jnp.asarray(cost_matrix)
+        _checks.check_cost_matrix(cost_matrix, num_classes)
+        cost = _weights.cost_matrix_weights(cost_matrix.astype(prepared.dtype), safe_labels, z)
+        example_weight = _reduction.multiply(example_weight, cost)
+    return _reduction.reduce_loss(
+        _reduction.scale(loss, example_weight),
+        reduction,
+        mask=mask,
+        weight=_reduction.multiply(example_weight, label_weight),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Probability labels.
+# ---------------------------------------------------------------------------
+
+
+def _probability_label_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: Axis | None,
+    where: ArrayLike | None,
+    weights: ArrayLike | None,
+    class_weights: ArrayLike | None,
+    label_smoothing: float,
+    z_loss: float,
+    reduction: Reduction,
+    poly_epsilon: ArrayLike | None = None,
+) -> Array:
+    """Implementation of the probability-label softmax losses.
+
+    With `poly_epsilon`, adds the PolyLoss term `ε·Σ_k t_k·(1 − p_k)`.
+    """
+    _check_options(label_smoothing, z_loss, reduction)
+    prepared = _Prepared(logits, axis, where)
+    labels = jnp.asarray(labels)
+    q = prepared.classes_last(labels, "labels").astype(prepared.dtype)
+    if label_smoothing:
+        q = (1.0 - label_smoothing) * q + label_smoothing / prepared.num_classes
+    cw = _class_weights(class_weights, prepared)
+    targets = q if cw is None else q * _rows(cw, q.ndim)
+    if prepared.logit_mask is not None:
+        targets = jnp.where(prepared.logit_mask, targets, jnp.zeros_like(targets))
+    mask = prepared.row_mask
+    z, class_mask = prepared.masked_inputs(mask)
+    with_poly = poly_epsilon is not None
+    lse, _, dot, prob_dot = logit_stats(z, class_mask, targets=targets, with_prob_dot=with_poly)
+    target_mass = jnp.sum(targets, axis=-1)
+    loss = lse * target_mass - dot
+    if with_poly:
+        loss = loss + jnp.asarray(poly_epsilon, prepared.dtype) * (target_mass - prob_dot)
+
+    label_weight = None
+    if cw is not None:
+        raw = prepared.classes_last(labels, "labels").astype(prepared.dtype)
+        label_weight = jnp.sum(raw * _rows(cw, raw.ndim), axis=-1)
+    if z_loss:
+        loss = loss + _reduction.scale(z_loss * jnp.square(lse), label_weight)
+    example_weight = _reduction.example_weights(weights, prepared.batch_shape, prepared.dtype)
+    return _reduction.reduce_loss(
+        _reduction.scale(loss, example_weight),
+        reduction,
+        mask=mask,
+        weight=_reduction.multiply(example_weight, label_weight),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Public losses.
+# ---------------------------------------------------------------------------
+
+
+def softmax_cross_entropy_with_integer_labels(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+    *,
+    weights: ArrayLike | None = None,
+    class_weights: ArrayLike | None = None,
+    cost_matrix: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: Reduction = "none",
+) -> Array:
+    r"""Softmax cross-entropy with integer labels and class weighting.
+
+    A drop-in superset of `optax.softmax_cross_entropy_with_integer_labels`:
+    with only optax's arguments it returns optax's values and gradients. The
+    keyword-only extras give PyTorch's `F.cross_entropy(weight=, ignore_index=,
+    label_smoothing=)`, TensorFlow's `weights=tf.gather(class_weights, labels)`,
+    Keras's `sample_weight`, cost-sensitive weighting by the predicted label and
+    PaLM's z-loss. The label's logit is picked without building a one-hot.
+
+    Per example, with $p = \mathrm{softmax}(z)$, $c_k$ the class weights (1
+    without `class_weights`), $\varepsilon$ the label smoothing and $C$ the
+    number of classes:
+
+    $$
+    \ell = (1-\varepsilon)\,c_y\,(-\log p_y)
+      + \frac{\varepsilon}{C}\sum_k c_k\,(-\log p_k)
+      + \lambda_z\,c_y\,\bigl(\log\textstyle\sum_k e^{z_k}\bigr)^2 ,
+    $$
+
+    and the example's weight is $w = \text{weights}\cdot c_y\cdot
+    M_{y,\arg\max z}$. `reduction` then combines $w\cdot\ell$ (see
+    [Semantics](../semantics.md)); the `"weighted_mean"` denominator is
+    $\sum w$, as in PyTorch.
+
+    Args:
+      logits: `[*batch, num_classes]` floating-point unnormalised log
+        probabilities (the class axis is `axis`).
+      labels: integer `[*batch]` class indices in `[0, num_classes)`.
+      axis: class axis, or a tuple of axes whose flattened size is the number
+        of classes (a label is then a flat index), as in optax.
+      where: bool `[*batch]` mask of the examples to include, or a
+        logits-shaped mask of the classes to include (optax). Masked examples
+        give exactly 0 loss and 0 gradient.
+      weights: per-example multiplier broadcastable to `[*batch]` (TF
+        `weights`, Keras `sample_weight`).
+      class_weights: `[num_classes]`, gathered by label (PyTorch `weight=`).
+      cost_matrix: `[num_classes, num_classes]`; the example is weighted by
+        `cost_matrix[y, argmax(logits)]` (argmax under `stop_gradient`).
+      ignore_index: examples with this label are masked (PyTorch).
+      label_smoothing: $\varepsilon \in [0, 1)$, PyTorch semantics.
+      z_loss: $\lambda_z \ge 0$, adds $\lambda_z\,\mathrm{lse}^2$ per example.
+      reduction: `"none"`, `"sum"`, `"mean"`, `"weighted_mean"` or
+        `"sum_by_nonzero_weights"`.
+
+    Returns:
+      `[*batch]` losses for `reduction="none"`, else a scalar; float32 for
+      half-precision logits, the logits' dtype otherwise.
+
+    Raises:
+      TypeError: non-floating `logits`, non-integer `labels`.
+      ValueError: mismatched shapes, an unknown `reduction`, `label_smoothing`
+        outside [0, 1), and, in eager calls, labels out of range. Under `jit` an
+        out-of-range label gives NaN for its example.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jwxent
+      >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
+      >>> labels = jnp.array([0, 1])
+      >>> print(jwxent.softmax_cross_entropy_with_integer_labels(logits, labels))
+      [0.2761 2.9518]
+      >>> print(jwxent.softmax_cross_entropy_with_integer_labels(
+      ...     logits, labels, class_weights=jnp.array([2.0, 1.0, 1.0])))
+      [0.5522 2.9518]
+
+    Notes:
+      The gradient is a hand-written `jax.custom_vjp`: `w·(softmax(z) − target)`
+      computed from the saved logits and one log-sum-exp per example.
+      Reverse mode only: `jax.jvp` / `jax.jacfwd` are not supported.
+    """
+    return _integer_label_loss(
+        logits,
+        labels,
+        axis=axis,
+        where=where,
+        weights=weights,
+        class_weights=class_weights,
+        cost_matrix=cost_matrix,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        reduction=reduction,
+    )
+
+
+def softmax_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    axis: Axis | None = -1,
+    where: ArrayLike | None = None,
+    *,
+    weights: ArrayLike | None = None,
+    class_weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: Reduction = "none",
+) -> Array:
+    r"""Softmax cross-entropy with probability (or one-hot) labels.
+
+    A drop-in superset of `optax.softmax_cross_entropy`. Class weights are
+    applied inside the sum over classes, as PyTorch's `weight=` does with
+    probability targets:
+
+    $$
+    \ell = -\sum_k c_k\,\tilde q_k \log p_k,\qquad
+    \tilde q = (1-\varepsilon)\,q + \varepsilon / C,
+    $$
+
+    plus $\lambda_z\,w_q\,\mathrm{lse}^2$ with z-loss. The example's weight for
+    the `"weighted_mean"` denominator is $\text{weights}\cdot\sum_k c_k q_k$
+    (just `weights` without `class_weights`). A target of 0 on a logit of
+    `-inf` contributes 0 (the `0·log 0 = 0` convention of
+    `safe_softmax_cross_entropy`).
+
+    Args:
+      logits: `[*batch, num_classes]` floating point.
+      labels: probabilities broadcastable to `logits.shape`.
+      axis: class axis or tuple of axes (or None for all), as in optax.
+      where: bool `[*batch]` example mask or logits-shaped class mask (optax).
+      weights: per-example multiplier broadcastable to `[*batch]`.
+      class_weights: `[num_classes]`.
+      label_smoothing: $\varepsilon \in [0, 1)$.
+      z_loss: $\lambda_z \ge 0$.
+      reduction: one of the five reductions.
+
+    Returns:
+      `[*batch]` for `reduction="none"`, else a scalar; float32 for
+      half-precision logits.
+
+    Raises:
+      TypeError: non-floating `logits`.
+      ValueError: shapes that do not broadcast, bad options.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jwxent
+      >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
+      >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+      >>> print(jwxent.softmax_cross_entropy(logits, labels))
+      [0.2761 2.9518]
+
+    Notes:
+      Custom VJP: `dz = g·(Σ_k t_k·softmax(z) − t)` with `t = c·q̃`; the
+      cotangent of `labels` is returned too. Reverse mode only.
+    """
+    return _probability_label_loss(
+        logits,
+        labels,
+        axis=axis,
+        where=where,
+        weights=weights,
+        class_weights=class_weights,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        reduction=reduction,
+    )
+
+
+def safe_softmax_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: Axis | None = -1,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    class_weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: Reduction = "none",
+) -> Array:
+    r"""`softmax_cross_entropy` that is finite when masked logits are `-inf`.
+
+    A drop-in superset of `optax.safe_softmax_cross_entropy`: a label of 0 on
+    a logit of `-inf` contributes $0\cdot\log 0 = 0$ to the loss and 0 to the
+    gradient. jwxent's `softmax_cross_entropy` already follows this
+    convention, so the two are the same function; this name exists for optax
+    compatibility. See `softmax_cross_entropy` for the keywords.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jwxent
+      >>> logits = jnp.array([[0.0, -jnp.inf, 0.0]])
+      >>> labels = jnp.array([[0.5, 0.0, 0.5]])
+      >>> print(jwxent.safe_softmax_cross_entropy(logits, labels))
+      [0.6931]
+    """
+    return softmax_cross_entropy(
+        logits,
+        labels,
+        axis,
+        where,
+        weights=weights,
+        class_weights=class_weights,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        reduction=reduction,
+    )
+
+
+def poly_loss_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    epsilon: ArrayLike = 2.0,
+    *,
+    axis: Axis | None = -1,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    class_weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: Reduction = "none",
+) -> Array:
+    r"""PolyLoss (Poly-1) with probability labels and class weighting.
+
+    A drop-in superset of `optax.poly_loss_cross_entropy` (Leng et al. 2022):
+
+    $$
+    \ell = -\sum_k t_k \log p_k + \epsilon \sum_k t_k (1 - p_k),
+    \qquad t = c \cdot \tilde q,
+    $$
+
+    i.e. the class-weighted, smoothed cross-entropy of `softmax_cross_entropy`
+    plus $\epsilon$ times the class-weighted $(1 - p_t)$ term.
+
+    Args:
+      logits: `[*batch, num_classes]` floating point.
+      labels: probabilities broadcastable to `logits.shape`.
+      epsilon: coefficient of the first polynomial term (2.0 for ImageNet).
+      axis, where, weights, class_weights, label_smoothing, z_loss, reduction:
+        as in `softmax_cross_entropy`.
+
+    Returns:
+      `[*batch]` for `reduction="none"`, else a scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jwxent
+      >>> logits = jnp.array([[0.0, 0.0]])
+      >>> labels = jnp.array([[1.0, 0.0]])
+      >>> print(jwxent.poly_loss_cross_entropy(logits, labels, epsilon=1.0))
+      [1.1931]
+
+    References:
+      Leng et al., *PolyLoss: A Polynomial Expansion Perspective of
+      Classification Loss Functions*, ICLR 2022.
+    """
+    return _probability_label_loss(
+        logits,
+        labels,
+        axis=axis,
+        where=where,
+        weights=weights,
+        class_weights=class_weights,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        reduction=reduction,
+        poly_epsilon=epsilon,
+    )
