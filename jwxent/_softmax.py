@@ -197,7 +197,7 @@ def _classes_last(x: Array, class_axes: tuple[int, ...]) -> Array:
     return x.reshape(x.shape[: len(batch_axes)] + (-1,))
 
 
-class _Prepared:
+class PreparedLogits:
     """Logits with the class axis last, and the masks implied by `where`.
 
     Attributes:
@@ -257,7 +257,7 @@ def _check_options(label_smoothing: float, z_loss: float, reduction: str) -> Non
     _checks.check_reduction(reduction)
 
 
-def _class_weights(class_weights: ArrayLike | None, prepared: _Prepared) -> Array | None:
+def _class_weights(class_weights: ArrayLike | None, prepared: PreparedLogits) -> Array | None:
     if class_weights is None:
         return None
     class_weights = jnp.asarray(class_weights)
@@ -286,7 +286,7 @@ def _integer_label_loss(
 ) -> Array:
     """Implementation of `softmax_cross_entropy_with_integer_labels`."""
     _check_options(label_smoothing, z_loss, reduction)
-    prepared = _Prepared(logits, axis, where)
+    prepared = PreparedLogits(logits, axis, where)
     labels = jnp.asarray(labels)
     _checks.check_integer(labels, "labels")
     _checks.check_shape(labels, prepared.batch_shape, "labels", "the logits' batch shape")
@@ -354,7 +354,7 @@ def _probability_label_loss(
     With `poly_epsilon`, adds the PolyLoss term `ε·Σ_k t_k·(1 − p_k)`.
     """
     _check_options(label_smoothing, z_loss, reduction)
-    prepared = _Prepared(logits, axis, where)
+    prepared = PreparedLogits(logits, axis, where)
     labels = jnp.asarray(labels)
     q = prepared.classes_last(labels, "labels").astype(prepared.dtype)
     if label_smoothing:
