@@ -1,0 +1,1 @@
+"""Benchmarks of jwxent against optax, a naive `jnp` loss and a bandwidth floor."""
