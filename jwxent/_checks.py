@@ -124,3 +124,49 @@ def check_labels_in_range(labels: Array, num_classes: int, mask: Array | None) -
             f"`labels` must be in [0, {num_classes}) (num_classes={num_classes}); "
             f"got {values[position]} at index {position}."
         )
+
+
+def check_rank(x: Array, ndim: int, name: str, expected: str) -> None:
+    """Raises `ValueError` unless `x.ndim == ndim`; `expected` names the shape."""
+    if x.ndim != ndim:
+        raise ValueError(f"`{name}` must be {ndim}-D ({expected}); got shape {tuple(x.shape)}.")
+
+
+def check_choice(value: object, choices: Sequence[object], name: str) -> None:
+    """Raises `ValueError` unless `value` is one of `choices`, listing them."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+
+
+def check_unit_interval(value: float, name: str) -> None:
+    """Raises unless `value` is a Python real number in [0, 1).
+
+    The value sets the math at trace time (like `label_smoothing`), so an array
+    is a `TypeError`.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
+        raise TypeError(f"`{name}` must be a Python float in [0, 1); got {type(value).__name__}.")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1); got {value}.")
+
+
+def check_num_classes(num_classes: int) -> None:
+    """Raises unless `num_classes` is a positive Python int (it fixes a shape)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
+        raise TypeError(
+            f"`num_classes` must be a Python int (it sets the output shape, so it is "
+            f"static under jit); got {type(num_classes).__name__}."
+        )
+    if num_classes < 1:
+        raise ValueError(f"`num_classes` must be >= 1; got {num_classes}.")
+
+
+def check_nonnegative_values(x: Array, name: str) -> None:
+    """In eager calls, raises `ValueError` naming the first negative entry of `x`."""
+    values = concrete_value(x)
+    if values is None:
+        return
+    negative = values < 0
+    if negative.any():
+        position = tuple(int(i) for i in np.argwhere(negative)[0])
+        raise ValueError(f"`{name}` must be >= 0; got {values[position]} at index {position}.")
