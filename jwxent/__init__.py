@@ -11,7 +11,14 @@ from jwxent._typing import Reduction as Reduction
 # <exports: sigmoid family>
 # <exports: focal losses>
 # <exports: probability inputs>
-# <exports: class-weight tools>
+from jwxent._class_balance import ClassBalanceState as ClassBalanceState
+from jwxent._class_balance import class_balance_frequencies as class_balance_frequencies
+from jwxent._class_balance import class_balance_init as class_balance_init
+from jwxent._class_balance import class_balance_update as class_balance_update
+from jwxent._class_balance import class_balance_weights as class_balance_weights
+from jwxent._weights import class_counts as class_counts
+from jwxent._weights import class_weights_from_counts as class_weights_from_counts
+from jwxent._weights import cost_matrix_from_class_weights as cost_matrix_from_class_weights
 # <exports: fused linear>
 
 __version__ = "0.1.0"
@@ -25,6 +32,13 @@ __all__ = [
     # <all: sigmoid family>
     # <all: focal losses>
     # <all: probability inputs>
-    # <all: class-weight tools>
+    "ClassBalanceState",
+    "class_balance_frequencies",
+    "class_balance_init",
+    "class_balance_update",
+    "class_balance_weights",
+    "class_counts",
+    "class_weights_from_counts",
+    "cost_matrix_from_class_weights",
     # <all: fused linear>
 ]
