@@ -321,7 +321,8 @@ def _integer_label_loss(
     if cost_matrix is not None:
         cost_matrix = jnp.asarray(cost_matrix)
         _checks.check_cost_matrix(cost_matrix, num_classes)
-        cost = _weights.cost_matrix_weights(cost_matrix.astype(prepared.dtype), safe_labels, z)
+        scores = z if class_mask is None else jnp.where(class_mask, z, -jnp.inf)
+        cost = _weights.cost_matrix_weights(cost_matrix.astype(prepared.dtype), safe_labels, scores)
         example_weight = _reduction.multiply(example_weight, cost)
     return _reduction.reduce_loss(
         _reduction.scale(loss, example_weight),
