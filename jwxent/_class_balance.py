@@ -97,14 +97,16 @@ def class_balance_update(
         `[*batch, num_classes]`, as in `class_counts`.
       decay: $d \in [0, 1)$, a Python float; the EMA averages over about
         $1/(1-d)$ batches.
-      where, weights, ignore_index: as in `class_counts`.
+      where: bool mask broadcastable to the batch shape, as in `class_counts`.
+      weights: per-example multiplier, as in `class_counts`.
+      ignore_index: integer labels equal to it are not counted.
 
     Returns:
       The new `ClassBalanceState`.
 
     Raises:
-      TypeError, ValueError: as `class_counts` for the labels; `decay` not a
-        Python float in [0, 1).
+      TypeError: as `class_counts` for the labels; `decay` not a Python float.
+      ValueError: as `class_counts` for the labels; `decay` outside [0, 1).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -196,7 +198,10 @@ def class_balance_weights(
 
     Args:
       state: a `ClassBalanceState`.
-      method, normalize, beta: as in `class_weights_from_counts`.
+      method: as in `class_weights_from_counts`.
+      normalize: as in `class_weights_from_counts`; the default `"mean_one"`
+        keeps the average weight of an example at 1.
+      beta: $\beta$ of `"effective_number"`, as in `class_weights_from_counts`.
       num_examples: positive scalar that turns frequencies into counts;
         required for `"effective_number"`.
 

@@ -1,0 +1,668 @@
+"""Class-weight tools: counts, weights from counts, cost matrices, online estimator.
+
+Values against the float64 NumPy formulas in `_references.py` and scikit-learn;
+hypothesis properties of every method and normalisation; transforms.
+"""
+
+import functools
+
+import chex
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from jax.test_util import check_grads
+from sklearn.utils.class_weight import compute_class_weight
+
+import jwxent
+from tests import _references as ref
+from tests._tolerance import assert_close
+
+METHODS = ["inverse", "inverse_sqrt", "balanced", "effective_number", "median_frequency"]
+NORMALIZATIONS = [None, "sum_to_one", "sum_to_num_classes", "mean_one"]
+IGNORE = -100
+# Two absent classes, ties, a count of 1, large counts, an odd number present.
+COUNTS = np.array([3.0, 0.0, 12.0, 1.0, 400.0, 12.0, 0.0, 2500.0, 7.0], np.float32)
+PROPERTY_SETTINGS = settings(max_examples=25, derandomize=True, deadline=None)
+
+
+def random_labels(shape, num_classes, seed=0):
+    rng = np.random.default_rng(seed)
+    batch = shape[:-1] if len(shape) > 1 else shape
+    return {
+        "labels": rng.integers(0, num_classes, size=shape).astype(np.int32),
+        "probs": rng.dirichlet(np.ones(num_classes), size=batch).astype(np.float32),
+        "weights": rng.uniform(0.0, 2.0, size=batch).astype(np.float32),
+        "where": rng.random(batch) < 0.7,
+        "ignored": rng.random(shape) < 0.3,
+    }
+
+
+# ---------------------------------------------------------------------------
+# class_counts
+# ---------------------------------------------------------------------------
+
+COUNT_CASES = {
+    "plain": lambda d: {},
+    "where": lambda d: {"where": d["where"]},
+    "weights": lambda d: {"weights": d["weights"]},
+    "where_and_weights": lambda d: {"where": d["where"], "weights": d["weights"]},
+}
+
+
+@pytest.mark.parametrize("case", COUNT_CASES)
+@pytest.mark.parametrize("shape", [(), (7,), (3, 5), (2, 3, 4)])
+def test_class_counts_integer_labels(shape, case):
+    num_classes = 5
+    d = random_labels(shape, num_classes)
+    d["weights"] = np.random.default_rng(1).uniform(0.0, 2.0, size=shape).astype(np.float32)
+    d["where"] = np.random.default_rng(2).random(shape) < 0.7
+    kwargs = COUNT_CASES[case](d)
+    counts = jwxent.class_counts(d["labels"], num_classes, **kwargs)
+    assert counts.shape == (num_classes,) and counts.dtype == jnp.float32
+    expected = ref.class_counts(d["labels"], num_classes, **kwargs)
+    assert_close(counts, expected, np.float32, terms=max(1, int(np.prod(shape))))
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5)])
+def test_class_counts_ignore_index(shape):
+    d = random_labels(shape, 4)
+    labels = np.where(d["ignored"], IGNORE, d["labels"]).astype(np.int32)
+    counts = jwxent.class_counts(labels, 4, ignore_index=IGNORE)
+    assert_close(counts, ref.class_counts(labels, 4, ignore_index=IGNORE), np.float32)
+    # Independently of the reference: the ignored entries are exactly the missing ones.
+    np.testing.assert_array_equal(counts, np.bincount(d["labels"][~d["ignored"]], minlength=4))
+
+
+@pytest.mark.parametrize("case", COUNT_CASES)
+@pytest.mark.parametrize("shape", [(3,), (6, 3), (2, 4, 3)])
+def test_class_counts_probability_labels(shape, case):
+    d = random_labels(shape, shape[-1])
+    kwargs = COUNT_CASES[case](d)
+    counts = jwxent.class_counts(d["probs"], shape[-1], **kwargs)
+    expected = ref.class_counts(d["probs"], shape[-1], **kwargs)
+    assert_close(counts, expected, np.float32, terms=int(np.prod(shape)))
+
+
+def test_class_counts_one_hot_equals_integer():
+    d = random_labels((20,), 6)
+    one_hot = np.eye(6, dtype=np.float32)[d["labels"]]
+    kwargs = {"where": d["where"], "weights": d["weights"]}
+    assert_close(
+        jwxent.class_counts(one_hot, 6, **kwargs),
+        jwxent.class_counts(d["labels"], 6, **kwargs),
+        np.float32,
+        terms=20,
+    )
+
+
+def test_class_counts_masked_nan_probabilities_do_not_leak():
+    probs = np.array([[0.5, 0.5], [np.nan, np.nan]], np.float32)
+    counts = jwxent.class_counts(probs, 2, where=np.array([True, False]))
+    np.testing.assert_array_equal(counts, [0.5, 0.5])
+
+
+def test_class_counts_out_of_range_labels():
+    labels = jnp.array([0, 3, 1, -1])
+    with pytest.raises(ValueError, match=r"`labels` must be in \[0, 3\).*got 3 at index \(1,\)"):
+        jwxent.class_counts(labels, 3)
+    # Masked out-of-range labels are fine; under jit they are not counted.
+    masked = jwxent.class_counts(labels, 3, where=jnp.array([True, False, True, False]))
+    np.testing.assert_array_equal(masked, [1.0, 1.0, 0.0])
+    jitted = jax.jit(jwxent.class_counts, static_argnums=1)(labels, 3)
+    np.testing.assert_array_equal(jitted, [1.0, 1.0, 0.0])
+
+
+def test_class_counts_gradient_with_respect_to_weights():
+    labels = np.array([2, 0, 2, 1, 0], np.int32)
+    weights = jnp.array([0.5, 1.0, 2.0, 1.5, 0.25])
+    jacobian = jax.jacrev(lambda w: jwxent.class_counts(labels, 3, weights=w))(weights)
+    np.testing.assert_array_equal(jacobian, np.eye(3)[labels].T)
+
+
+def test_class_counts_jit_vmap_and_no_retrace():
+    d = random_labels((4, 10), 5)
+    labels, weights = d["labels"], d["weights"]
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def counts_fn(labels, weights):
+        return jwxent.class_counts(labels, 5, weights=weights)
+
+    chex.clear_trace_counter()
+    for row in range(4):
+        eager = jwxent.class_counts(labels[row], 5, weights=weights[row])
+        assert_close(counts_fn(labels[row], weights[row]), eager, np.float32, terms=10)
+    weights_2d = np.random.default_rng(3).uniform(size=(4, 10)).astype(np.float32)
+    batched = jax.vmap(lambda y, w: jwxent.class_counts(y, 5, weights=w))(labels, weights_2d)
+    looped = [ref.class_counts(labels[i], 5, weights=weights_2d[i]) for i in range(4)]
+    assert_close(batched, np.stack(looped), np.float32, terms=10)
+
+
+def test_class_counts_float64():
+    with jax.enable_x64(True):
+        probs = np.random.default_rng(0).dirichlet(np.ones(3), size=5)
+        counts = jwxent.class_counts(jnp.asarray(probs, jnp.float64), 3)
+        assert counts.dtype == jnp.float64
+        assert_close(counts, probs.sum(axis=0), np.float64, terms=5)
+        weights = jnp.ones(4, jnp.float64)
+        assert jwxent.class_counts(jnp.array([0, 1, 1, 2]), 3, weights=weights).dtype == (
+            jnp.float64
+        )
+
+
+# ---------------------------------------------------------------------------
+# class_weights_from_counts
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("normalize", NORMALIZATIONS)
+@pytest.mark.parametrize("method", METHODS)
+def test_weights_match_float64_formulas(method, normalize):
+    for beta in (0.999, 0.9, 0.0):
+        weights = jwxent.class_weights_from_counts(
+            COUNTS, method=method, normalize=normalize, beta=beta
+        )
+        expected = ref.class_weights_from_counts(COUNTS, method, normalize, beta)
+        assert weights.dtype == jnp.float32
+        assert_close(weights, expected, np.float32, terms=COUNTS.size)
+
+
+@pytest.mark.parametrize("normalize", NORMALIZATIONS)
+@pytest.mark.parametrize("method", METHODS)
+def test_single_class_and_no_class(method, normalize):
+    one = jwxent.class_weights_from_counts(jnp.array([5.0]), method=method, normalize=normalize)
+    assert_close(one, ref.class_weights_from_counts([5.0], method, normalize), np.float32)
+    none = jwxent.class_weights_from_counts(jnp.zeros(4), method=method, normalize=normalize)
+    np.testing.assert_array_equal(none, np.zeros(4))
+
+
+@pytest.mark.parametrize("with_sample_weight", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_balanced_matches_scikit_learn(seed, with_sample_weight):
+    rng = np.random.default_rng(seed)
+    num_classes = 6
+    # A long-tailed label distribution in which every class occurs.
+    probs = 0.5 ** np.arange(num_classes)
+    labels = np.concatenate(
+        [np.arange(num_classes), rng.choice(num_classes, size=200, p=probs / probs.sum())]
+    )
+    sample_weight = rng.uniform(0.5, 2.0, size=labels.size) if with_sample_weight else None
+    expected = compute_class_weight(
+        "balanced", classes=np.arange(num_classes), y=labels, sample_weight=sample_weight
+    )
+    weights = None if sample_weight is None else sample_weight.astype(np.float32)
+    counts = jwxent.class_counts(labels.astype(np.int32), num_classes, weights=weights)
+    actual = jwxent.class_weights_from_counts(counts, method="balanced")
+    assert_close(actual, expected, np.float32, terms=labels.size)
+
+
+def test_balanced_with_absent_classes_matches_scikit_learn():
+    """scikit-learn's n_classes is the number of classes present in `y`."""
+    labels = np.array([0, 0, 0, 2, 2, 5, 0, 2], np.int32)
+    present = np.unique(labels)
+    expected = compute_class_weight("balanced", classes=present, y=labels)
+    actual = jwxent.class_weights_from_counts(jwxent.class_counts(labels, 7), method="balanced")
+    assert_close(actual[present], expected, np.float32)
+    np.testing.assert_array_equal(np.delete(np.asarray(actual), present), 0.0)
+
+
+def test_balanced_is_inverse_normalised_to_mean_one():
+    balanced = jwxent.class_weights_from_counts(COUNTS, method="balanced")
+    inverse = jwxent.class_weights_from_counts(COUNTS, normalize="mean_one")
+    assert_close(balanced, inverse, np.float32, terms=COUNTS.size)
+
+
+def test_effective_number_limits():
+    counts = jnp.array([1.0, 2.0, 50.0, 0.0])
+    # One example has effective number 1; β = 0 counts every present class once.
+    effective = jwxent.class_weights_from_counts(counts, method="effective_number", beta=0.99)
+    assert_close(effective[0], 1.0, np.float32)
+    at_zero = jwxent.class_weights_from_counts(counts, method="effective_number", beta=0.0)
+    np.testing.assert_array_equal(at_zero, [1.0, 1.0, 1.0, 0.0])
+    # β → 1: the effective number tends to n, so the weights tend to inverse frequency.
+    near_one = jwxent.class_weights_from_counts(counts, method="effective_number", beta=1 - 1e-6)
+    inverse = jwxent.class_weights_from_counts(counts)
+    np.testing.assert_allclose(near_one, inverse, rtol=1e-3)
+
+
+def every_normalisation(counts, method, beta=0.999):
+    """`[4, C]`: the weights of `method` under each normalisation, stacked."""
+    return jnp.stack(
+        [
+            jwxent.class_weights_from_counts(counts, method=method, normalize=n, beta=beta)
+            for n in NORMALIZATIONS
+        ]
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_counts_have_finite_gradients(method):
+    jacobian_fn = jax.jacrev(functools.partial(every_normalisation, method=method))
+    for counts in (jnp.asarray(COUNTS), jnp.zeros(3), jnp.array([0.0, 4.0, 0.0])):
+        jacobian = np.asarray(jacobian_fn(counts))  # [normalisation, weight, count]
+        assert np.all(np.isfinite(jacobian)), (counts, jacobian)
+        absent = np.flatnonzero(np.asarray(counts) == 0)
+        # An absent class's weight stays 0 as its count moves: zero derivative.
+        np.testing.assert_array_equal(jacobian[:, absent, absent], 0.0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradients_match_finite_differences(method):
+    counts = np.array([3.0, 0.0, 12.0, 1.0, 40.0, 7.0])
+    present = counts > 0
+    with jax.enable_x64(True):
+        # Finite differences only in the present classes (the weight jumps at 0).
+        def weights_of_present(p):
+            full = jnp.zeros(counts.size, jnp.float64).at[present].set(p)
+            return every_normalisation(full, method, beta=0.9)
+
+        check_grads(
+            weights_of_present,
+            (jnp.asarray(counts[present], jnp.float64),),
+            order=1,
+            modes=["rev"],
+        )
+
+
+def test_weights_jit_vmap_and_float64():
+    counts = np.random.default_rng(0).integers(0, 20, size=(5, 7)).astype(np.float32)
+    fn = lambda c: jwxent.class_weights_from_counts(
+        c, method="median_frequency", normalize="sum_to_one"
+    )
+    batched = jax.vmap(fn)(counts)
+    looped = [
+        ref.class_weights_from_counts(row, "median_frequency", "sum_to_one") for row in counts
+    ]
+    assert_close(batched, np.stack(looped), np.float32, terms=7)
+    assert_close(jax.jit(fn)(counts[0]), looped[0], np.float32, terms=7)
+    with jax.enable_x64(True):
+        weights = jwxent.class_weights_from_counts(
+            jnp.asarray(COUNTS, jnp.float64), method="effective_number"
+        )
+        assert weights.dtype == jnp.float64
+        assert_close(weights, ref.class_weights_from_counts(COUNTS, "effective_number"), np.float64)
+
+
+# Hypothesis: counts that are 0 or between 0.5 and 10⁴ (soft or integer).
+count_lists = st.lists(
+    st.one_of(st.just(0.0), st.floats(0.5, 1e4, allow_nan=False, width=32)),
+    min_size=1,
+    max_size=6,
+)
+
+
+@jax.jit
+def every_weighting(counts):
+    """`{"method/normalize": weights}` for every method and normalisation, β = 0.99."""
+    return {
+        f"{method}/{normalize}": jwxent.class_weights_from_counts(
+            counts, method=method, normalize=normalize, beta=0.99
+        )
+        for method in METHODS
+        for normalize in NORMALIZATIONS
+    }
+
+
+@PROPERTY_SETTINGS
+@given(counts=count_lists)
+def test_property_normalisation_holds(counts):
+    counts = np.asarray(counts, np.float32)
+    present = counts > 0
+    n = counts.astype(np.float64)
+    weights = {key: np.asarray(w, np.float64) for key, w in every_weighting(counts).items()}
+    for method in METHODS:
+        if not present.any():
+            break
+        sums = {norm: weights[f"{method}/{norm}"].sum() for norm in NORMALIZATIONS}
+        example_mean = (n * weights[f"{method}/mean_one"]).sum() / n.sum()
+        assert_close(sums["sum_to_one"], 1.0, np.float32, terms=counts.size)
+        assert_close(sums["sum_to_num_classes"], present.sum(), np.float32, terms=counts.size)
+        assert_close(example_mean, 1.0, np.float32, terms=counts.size)
+
+
+@PROPERTY_SETTINGS
+@given(counts=count_lists)
+def test_property_monotone_zero_and_invariant_to_absent_classes(counts):
+    counts = np.asarray(counts, np.float32)
+    present = counts > 0
+    order = np.argsort(counts[present], kind="stable")
+    weights = every_weighting(counts)
+    appended = every_weighting(np.append(counts, np.float32(0)))
+    for key, w in weights.items():
+        w = np.asarray(w)
+        assert np.all(np.isfinite(w)) and np.all(w >= 0), key
+        np.testing.assert_array_equal(w[~present], 0.0)
+        # Non-increasing in the count (a few ulps of rounding allowed).
+        by_count = w[present][order]
+        assert np.all(np.diff(by_count) <= 1e-6 * by_count[:-1]), (key, w)
+        # Appending an absent class leaves every other weight unchanged.
+        assert_close(appended[key][:-1], w, np.float32, terms=counts.size, err_msg=key)
+        assert float(appended[key][-1]) == 0.0
+
+
+# ---------------------------------------------------------------------------
+# cost_matrix_from_class_weights
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("by", ["label", "prediction"])
+def test_cost_matrix_values(by):
+    class_weights = np.array([0.5, 2.0, 1.0, 3.0], np.float32)
+    matrix = jwxent.cost_matrix_from_class_weights(class_weights, by=by)
+    np.testing.assert_array_equal(matrix, ref.cost_matrix_from_class_weights(class_weights, by))
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "weighted_mean"])
+def test_cost_matrix_by_label_equals_class_weights(reduction):
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((12, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, size=12).astype(np.int32)
+    class_weights = rng.uniform(0.2, 3.0, size=5).astype(np.float32)
+    matrix = jwxent.cost_matrix_from_class_weights(class_weights, by="label")
+
+    @jax.jit
+    def loss_and_grad(z, weighting):
+        loss = lambda z: jwxent.softmax_cross_entropy_with_integer_labels(
+            z, labels, reduction=reduction, **weighting
+        )
+        return loss(z), jax.grad(lambda z: jnp.sum(loss(z)))(z)
+
+    with_matrix, grad_with_matrix = loss_and_grad(logits, {"cost_matrix": matrix})
+    with_weights, grad_with_weights = loss_and_grad(logits, {"class_weights": class_weights})
+    assert_close(with_matrix, with_weights, np.float32, terms=12)
+    assert_close(grad_with_matrix, grad_with_weights, np.float32)
+    expected = ref.softmax_cross_entropy_with_integer_labels(
+        logits, labels, class_weights=class_weights, reduction=reduction
+    )
+    assert_close(with_matrix, expected, np.float32, terms=12)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_cost_matrix_by_prediction_weights_by_predicted_class(reduction):
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, size=(3, 4)).astype(np.int32)
+    class_weights = rng.uniform(0.2, 3.0, size=5).astype(np.float32)
+    matrix = jwxent.cost_matrix_from_class_weights(class_weights, by="prediction")
+    actual = jwxent.softmax_cross_entropy_with_integer_labels(
+        logits, labels, cost_matrix=matrix, reduction=reduction
+    )
+    predicted_weight = class_weights[np.argmax(logits, axis=-1)]
+    expected = jwxent.softmax_cross_entropy_with_integer_labels(
+        logits, labels, weights=predicted_weight, reduction=reduction
+    )
+    assert_close(actual, expected, np.float32, terms=12)
+
+
+def test_cost_matrix_gradient_with_respect_to_class_weights():
+    class_weights = jnp.array([0.5, 2.0, 1.0])
+    row_sums = lambda c, by: jnp.sum(jwxent.cost_matrix_from_class_weights(c, by=by), axis=1)
+    # Rows of the label matrix are 3·c_y; every row of the prediction matrix is Σ_k c_k.
+    by_label = jax.jacrev(row_sums)(class_weights, "label")
+    np.testing.assert_array_equal(by_label, 3.0 * np.eye(3))
+    by_prediction = jax.jacrev(row_sums)(class_weights, "prediction")
+    np.testing.assert_array_equal(by_prediction, np.ones((3, 3)))
+
+
+# ---------------------------------------------------------------------------
+# The online class-balance estimator
+# ---------------------------------------------------------------------------
+
+
+def batch_frequencies(labels, num_classes):
+    counts = np.bincount(np.ravel(labels), minlength=num_classes).astype(np.float64)
+    return counts / counts.sum()
+
+
+def test_init_is_uniform():
+    state = jwxent.class_balance_init(4)
+    assert state.ema.shape == (4,) and state.ema.dtype == jnp.float32
+    assert state.num_updates.dtype == jnp.int32 and int(state.num_updates) == 0
+    np.testing.assert_array_equal(jwxent.class_balance_frequencies(state), np.full(4, 0.25))
+    np.testing.assert_array_equal(jwxent.class_balance_weights(state), np.ones(4))
+
+
+def test_bias_correction_makes_the_first_step_exact():
+    labels = np.array([0, 0, 0, 1, 3, 3, 0, 3], np.int32)
+    state = jwxent.class_balance_update(jwxent.class_balance_init(4), labels, decay=0.9)
+    expected = batch_frequencies(labels, 4)
+    assert_close(jwxent.class_balance_frequencies(state), expected, np.float32)
+    # Without the correction the EMA is (1 − decay) times too small.
+    assert_close(state.ema, 0.1 * expected, np.float32)
+    assert int(state.num_updates) == 1
+
+
+def test_matches_closed_form_with_varying_decay_and_empty_batches():
+    rng = np.random.default_rng(0)
+    num_classes = 5
+    state = jwxent.class_balance_init(num_classes)
+    frequencies, decays = [], []
+    for step in range(12):
+        labels = rng.integers(0, num_classes, size=(2, 8)).astype(np.int32)
+        decay = float(rng.choice([0.5, 0.9, 0.99]))
+        where = np.zeros((2, 8), bool) if step == 4 else rng.random((2, 8)) < 0.8
+        state = jwxent.class_balance_update(state, labels, decay=decay, where=where)
+        if where.any():  # an empty batch leaves the state unchanged
+            frequencies.append(batch_frequencies(labels[where], num_classes))
+            decays.append(decay)
+    assert int(state.num_updates) == len(decays) == 11
+    expected = ref.class_balance_frequencies(frequencies, decays)
+    assert_close(jwxent.class_balance_frequencies(state), expected, np.float32, terms=12)
+
+
+def test_converges_to_true_frequencies_in_scan():
+    true = np.array([0.6, 0.25, 0.1, 0.04, 0.01])
+    num_batches, batch_size, decay = 600, 64, 0.99
+    keys = jax.random.split(jax.random.key(0), num_batches)
+    logits = jnp.log(jnp.asarray(true, jnp.float32))
+
+    def step(state, key):
+        labels = jax.random.categorical(key, logits, shape=(batch_size,))
+        return jwxent.class_balance_update(state, labels, decay=decay), labels
+
+    state, all_labels = jax.jit(lambda s: jax.lax.scan(step, s, keys))(jwxent.class_balance_init(5))
+    estimate = jwxent.class_balance_frequencies(state)
+    # The EMA of exactly these batches, in float64.
+    per_batch = [batch_frequencies(labels, 5) for labels in np.asarray(all_labels)]
+    exact = ref.class_balance_frequencies(per_batch, [decay] * num_batches)
+    assert_close(estimate, exact, np.float32, terms=num_batches)
+    # About 12 800 examples in the EMA's window: a standard error below 0.005.
+    np.testing.assert_allclose(estimate, true, atol=0.02)
+    assert_close(jnp.sum(estimate), 1.0, np.float32, terms=5)
+
+
+@pytest.mark.parametrize("normalize", NORMALIZATIONS)
+@pytest.mark.parametrize("method", METHODS)
+def test_weights_from_state_are_weights_from_frequencies(method, normalize):
+    rng = np.random.default_rng(1)
+    state = jwxent.class_balance_init(6)
+    for _ in range(3):
+        labels = rng.integers(0, 5, size=16).astype(np.int32)  # class 5 never occurs
+        state = jwxent.class_balance_update(state, labels, decay=0.8)
+    frequencies = np.asarray(jwxent.class_balance_frequencies(state), np.float64)
+    num_examples = 1000.0
+    actual = jwxent.class_balance_weights(
+        state, method=method, normalize=normalize, beta=0.99, num_examples=num_examples
+    )
+    expected = ref.class_weights_from_counts(frequencies * num_examples, method, normalize, 0.99)
+    assert_close(actual, expected, np.float32, terms=6)
+    assert float(actual[5]) == 0.0
+
+
+def test_default_weights_are_balanced():
+    labels = np.array([0, 0, 0, 1, 2, 2], np.int32)
+    state = jwxent.class_balance_update(jwxent.class_balance_init(3), labels, decay=0.5)
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
+    assert_close(jwxent.class_balance_weights(state), expected, np.float32)
+
+
+def test_train_step_with_online_weights_is_jittable_and_does_not_retrace():
+    rng = np.random.default_rng(2)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def train_step(params, state, x, y):
+        state = jwxent.class_balance_update(state, y, decay=0.9, ignore_index=IGNORE)
+        class_weights = jwxent.class_balance_weights(state)
+
+        def loss_fn(w):
+            return jwxent.softmax_cross_entropy_with_integer_labels(
+                x @ w, y, class_weights=class_weights, ignore_index=IGNORE, reduction="mean"
+            )
+
+        loss, grad = jax.value_and_grad(loss_fn)(params)
+        return params - 0.1 * grad, state, loss
+
+    chex.clear_trace_counter()
+    params = jnp.zeros((4, 3))
+    state = jwxent.class_balance_init(3)
+    losses, frequencies = [], []
+    for _ in range(10):
+        x = rng.standard_normal((16, 4)).astype(np.float32)
+        y = np.argmax(x[:, :3] + np.array([2.0, 0.0, -1.0], np.float32), axis=1)
+        y = np.where(rng.random(16) < 0.2, IGNORE, y).astype(np.int32)
+        frequencies.append(batch_frequencies(y[y != IGNORE], 3))
+        params, state, loss = train_step(params, state, x, y)
+        losses.append(float(loss))
+    assert np.all(np.isfinite(losses))
+    # Step 1: uniform logits and weights normalised to mean one over this very
+    # batch, so the weighted mean loss is exactly the unweighted log 3.
+    assert_close(losses[0], np.log(3.0), np.float32, terms=16)
+    expected = ref.class_balance_frequencies(frequencies, [0.9] * 10)
+    assert_close(jwxent.class_balance_frequencies(state), expected, np.float32, terms=10)
+
+
+# ---------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda: jwxent.class_counts(jnp.array([0, 1]), 2.0),
+            TypeError,
+            "`num_classes` must be a Python int",
+        ),
+        (
+            lambda: jwxent.class_counts(jnp.array([0, 1]), 0),
+            ValueError,
+            "`num_classes` must be >= 1",
+        ),
+        (
+            lambda: jwxent.class_counts(jnp.array([True]), 2),
+            TypeError,
+            "`labels` must be an integer",
+        ),
+        (
+            lambda: jwxent.class_counts(jnp.ones((4, 3)), 2),
+            ValueError,
+            r"`labels` must have shape \(4, 2\)",
+        ),
+        (
+            lambda: jwxent.class_counts(jnp.ones((4, 2)), 2, ignore_index=0),
+            ValueError,
+            "`ignore_index` applies",
+        ),
+        (
+            lambda: jwxent.class_counts(jnp.ones(4, jnp.int32), 2, where=jnp.ones(3, bool)),
+            ValueError,
+            "`where` of shape",
+        ),
+        (
+            lambda: jwxent.class_counts(jnp.ones(4, jnp.int32), 2, weights=jnp.ones((4, 4))),
+            ValueError,
+            "`weights` of shape",
+        ),
+        (
+            lambda: jwxent.class_weights_from_counts(jnp.array([1, 2])),
+            TypeError,
+            "`counts` must be a floating-point",
+        ),
+        (
+            lambda: jwxent.class_weights_from_counts(jnp.ones((2, 2))),
+            ValueError,
+            r"`counts` must be 1-D \(\[num_classes\]\); got shape \(2, 2\)",
+        ),
+        (
+            lambda: jwxent.class_weights_from_counts(jnp.array([1.0, -2.0])),
+            ValueError,
+            r"`counts` must be >= 0; got -2.0 at index \(1,\)",
+        ),
+        (
+            lambda: jwxent.class_weights_from_counts(jnp.ones(2), method="inv"),
+            ValueError,
+            "`method` must be one of 'inverse', 'inverse_sqrt', 'balanced', "
+            "'effective_number', 'median_frequency'; got 'inv'",
+        ),
+        (
+            lambda: jwxent.class_weights_from_counts(jnp.ones(2), normalize="sum"),
+            ValueError,
+            "`normalize` must be one of 'sum_to_one', 'sum_to_num_classes', 'mean_one'; got 'sum'",
+        ),
+        (
+            lambda: jwxent.class_weights_from_counts(jnp.ones(2), beta=1.0),
+            ValueError,
+            r"`beta` must be in \[0, 1\); got 1.0",
+        ),
+        (
+            lambda: jwxent.class_weights_from_counts(jnp.ones(2), beta=jnp.array(0.9)),
+            TypeError,
+            "`beta` must be a Python float",
+        ),
+        (
+            lambda: jwxent.cost_matrix_from_class_weights(jnp.ones(3), by="truth"),
+            ValueError,
+            "`by` must be one of 'label', 'prediction'",
+        ),
+        (
+            lambda: jwxent.cost_matrix_from_class_weights(jnp.ones((3, 3)), by="label"),
+            ValueError,
+            "`class_weights` must be 1-D",
+        ),
+        (
+            lambda: jwxent.cost_matrix_from_class_weights(jnp.arange(3), by="label"),
+            TypeError,
+            "`class_weights` must be a floating-point",
+        ),
+        (
+            lambda: jwxent.class_balance_init(jnp.array(3)),
+            TypeError,
+            "`num_classes` must be a Python int",
+        ),
+        (
+            lambda: jwxent.class_balance_update(
+                jwxent.class_balance_init(3), jnp.array([0]), decay=1.0
+            ),
+            ValueError,
+            r"`decay` must be in \[0, 1\)",
+        ),
+        (
+            lambda: jwxent.class_balance_update(jwxent.class_balance_init(3), jnp.array([3])),
+            ValueError,
+            r"`labels` must be in \[0, 3\)",
+        ),
+        (
+            lambda: jwxent.class_balance_weights(
+                jwxent.class_balance_init(3), method="effective_number"
+            ),
+            ValueError,
+            "needs `num_examples`",
+        ),
+    ],
+)
+def test_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_static_checks_run_under_jit():
+    # Static checks still run under jit; value checks need concrete values.
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        jax.jit(lambda c: jwxent.class_weights_from_counts(c, method="nope"))(jnp.ones(2))
+    weights = jax.jit(jwxent.class_weights_from_counts)(jnp.array([2.0, 0.0]))
+    np.testing.assert_array_equal(weights, [0.5, 0.0])
