@@ -150,11 +150,9 @@ def _soft_counts(
     _checks.check_shape(labels, expected, "labels", "[*batch, num_classes] probabilities")
     batch_shape = labels.shape[:-1]
     mask = _reduction.example_mask(batch_shape, where=where)
-    weight_dtype = jnp.asarray(weights).dtype if weights is not None else labels.dtype
-    dtype = _float_dtype(labels.dtype, weight_dtype)
-    weight = _masked_example_weights(weights, mask, batch_shape, dtype)
+    weight = _masked_example_weights(weights, mask, batch_shape, _float_dtype(labels.dtype))
     # Double where: masked rows are replaced, so a NaN there cannot reach the sum.
-    q = labels.astype(dtype)
+    q = labels.astype(weight.dtype)
     if mask is not None:
         q = jnp.where(mask[..., None], q, jnp.zeros_like(q))
     return jnp.sum(weight[..., None] * q, axis=tuple(range(len(batch_shape))))
@@ -163,7 +161,10 @@ def _soft_counts(
 def _masked_example_weights(
     weights: ArrayLike | None, mask: Array | None, batch_shape: tuple[int, ...], dtype: jnp.dtype
 ) -> Array:
-    """Per-example weights in `dtype` (ones by default), exactly 0 where masked."""
+    """Per-example weights (ones by default), exactly 0 where masked.
+
+    In `dtype`, widened to float64 for float64 `weights`.
+    """
     if weights is not None:
         dtype = _float_dtype(dtype, jnp.asarray(weights).dtype)
     weight = _reduction.example_weights(weights, batch_shape, dtype)

@@ -147,10 +147,13 @@ def test_class_counts_float64():
         counts = jwxent.class_counts(jnp.asarray(probs, jnp.float64), 3)
         assert counts.dtype == jnp.float64
         assert_close(counts, probs.sum(axis=0), np.float64, terms=5)
-        weights = jnp.ones(4, jnp.float64)
-        assert jwxent.class_counts(jnp.array([0, 1, 1, 2]), 3, weights=weights).dtype == (
-            jnp.float64
-        )
+        weights = jnp.full(5, 2.0, jnp.float64)
+        integer = jwxent.class_counts(jnp.array([0, 1, 1, 2, 1]), 3, weights=weights)
+        assert integer.dtype == jnp.float64
+        np.testing.assert_array_equal(integer, [2.0, 6.0, 2.0])
+        mixed = jwxent.class_counts(jnp.asarray(probs, jnp.float32), 3, weights=weights)
+        assert mixed.dtype == jnp.float64
+        assert_close(mixed, 2.0 * probs.sum(axis=0), np.float32, terms=5)
 
 
 # ---------------------------------------------------------------------------
@@ -161,13 +164,16 @@ def test_class_counts_float64():
 @pytest.mark.parametrize("normalize", NORMALIZATIONS)
 @pytest.mark.parametrize("method", METHODS)
 def test_weights_match_float64_formulas(method, normalize):
-    for beta in (0.999, 0.9, 0.0):
-        weights = jwxent.class_weights_from_counts(
-            COUNTS, method=method, normalize=normalize, beta=beta
-        )
-        expected = ref.class_weights_from_counts(COUNTS, method, normalize, beta)
-        assert weights.dtype == jnp.float32
-        assert_close(weights, expected, np.float32, terms=COUNTS.size)
+    # An even number of present classes (median between two) and soft counts.
+    soft_counts = np.array([5.0, 0.0, 2.25, 9.0, 0.5], np.float32)
+    for counts in (COUNTS, soft_counts):
+        for beta in (0.999, 0.9, 0.0):
+            weights = jwxent.class_weights_from_counts(
+                counts, method=method, normalize=normalize, beta=beta
+            )
+            expected = ref.class_weights_from_counts(counts, method, normalize, beta)
+            assert weights.dtype == jnp.float32
+            assert_close(weights, expected, np.float32, terms=counts.size)
 
 
 @pytest.mark.parametrize("normalize", NORMALIZATIONS)
