@@ -5,6 +5,8 @@ hypothesis properties of every method and normalisation; transforms.
 """
 
 import functools
+import pathlib
+import re
 
 import chex
 import hypothesis.strategies as st
@@ -672,3 +674,40 @@ def test_static_checks_run_under_jit():
         jax.jit(lambda c: jwxent.class_weights_from_counts(c, method="nope"))(jnp.ones(2))
     weights = jax.jit(jwxent.class_weights_from_counts)(jnp.array([2.0, 0.0]))
     np.testing.assert_array_equal(weights, [0.5, 0.0])
+
+
+# ---------------------------------------------------------------------------
+# The guide page's code runs and prints what its comments say
+# ---------------------------------------------------------------------------
+
+
+def test_choosing_class_weights_page_examples():
+    page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "class_weights.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.DOTALL)
+    assert len(blocks) == 5
+    namespace = {}
+    exec(blocks[0], namespace)  # labels -> counts -> balanced weights -> loss
+    np.testing.assert_array_equal(namespace["counts"], [6.0, 3.0, 1.0])
+    assert_close(namespace["class_weights"], [10 / 18, 10 / 9, 10 / 3], np.float32)
+    assert_close(namespace["loss"], np.log(3.0), np.float32, terms=10)
+    exec(blocks[1], namespace)  # segmentation with ignore_index, median frequency
+    np.testing.assert_array_equal(namespace["counts"], [5.0, 3.0, 1.0])
+    assert_close(namespace["class_weights"], [0.6, 1.0, 3.0], np.float32)
+    exec(blocks[2], namespace)  # a zero count, and a pseudo-count
+    counts = namespace["counts"]
+    np.testing.assert_array_equal(counts, [6.0, 3.0, 1.0, 0.0])
+    assert_close(jwxent.class_weights_from_counts(counts), [1 / 6, 1 / 3, 1.0, 0.0], np.float32)
+    assert_close(
+        jwxent.class_weights_from_counts(counts + 1.0), [1 / 7, 1 / 4, 1 / 2, 1.0], np.float32
+    )
+    exec(blocks[3], namespace)  # the online estimator in an optax train step
+    frequencies = jwxent.class_balance_frequencies(namespace["balance"])
+    assert_close(frequencies, [0.625, 0.25, 0.125], np.float32)
+    exec(blocks[4], namespace)  # cost matrices
+    assert_close(namespace["by_label"], np.repeat([[1.0], [2.0], [3.0]], 3, axis=1), np.float32)
+    expected = ref.softmax_cross_entropy_with_integer_labels(
+        np.zeros((10, 3)),
+        np.asarray(namespace["labels"]),
+        cost_matrix=np.outer([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]),
+    )
+    assert_close(namespace["loss"], expected, np.float32)
