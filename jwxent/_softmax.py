@@ -427,8 +427,8 @@ def softmax_cross_entropy_with_integer_labels(
     $$
 
     and the example's weight is $w = \text{weights}\cdot c_y\cdot
-    M_{y,\arg\max z}$. `reduction` then combines $w\cdot\ell$ (see
-    [Semantics](../semantics.md)); the `"weighted_mean"` denominator is
+    M_{y,\arg\max z}$. `reduction` then combines $w\cdot\ell$ (see the
+    Semantics page of the docs); the `"weighted_mean"` denominator is
     $\sum w$, as in PyTorch.
 
     Args:
@@ -466,11 +466,14 @@ def softmax_cross_entropy_with_integer_labels(
       >>> import jwxent
       >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
       >>> labels = jnp.array([0, 1])
-      >>> print(jwxent.softmax_cross_entropy_with_integer_labels(logits, labels))
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.softmax_cross_entropy_with_integer_labels(logits, labels))
       [0.2761 2.9518]
-      >>> print(jwxent.softmax_cross_entropy_with_integer_labels(
-      ...     logits, labels, class_weights=jnp.array([2.0, 1.0, 1.0])))
-      [0.5522 2.9518]
+      >>> class_weights = jnp.array([2.0, 1.0, 1.0])
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.softmax_cross_entropy_with_integer_labels(
+      ...         logits, labels, class_weights=class_weights))
+      [0.5523 2.9518]
 
     Notes:
       The gradient is a hand-written `jax.custom_vjp`: `w·(softmax(z) − target)`
@@ -545,7 +548,8 @@ def softmax_cross_entropy(
       >>> import jwxent
       >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
       >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-      >>> print(jwxent.softmax_cross_entropy(logits, labels))
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.softmax_cross_entropy(logits, labels))
       [0.2761 2.9518]
 
     Notes:
@@ -590,7 +594,8 @@ def safe_softmax_cross_entropy(
       >>> import jwxent
       >>> logits = jnp.array([[0.0, -jnp.inf, 0.0]])
       >>> labels = jnp.array([[0.5, 0.0, 0.5]])
-      >>> print(jwxent.safe_softmax_cross_entropy(logits, labels))
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.safe_softmax_cross_entropy(logits, labels))
       [0.6931]
     """
     return softmax_cross_entropy(
@@ -635,8 +640,13 @@ def poly_loss_cross_entropy(
       logits: `[*batch, num_classes]` floating point.
       labels: probabilities broadcastable to `logits.shape`.
       epsilon: coefficient of the first polynomial term (2.0 for ImageNet).
-      axis, where, weights, class_weights, label_smoothing, z_loss, reduction:
-        as in `softmax_cross_entropy`.
+      axis: class axis or tuple of axes, as in `softmax_cross_entropy`.
+      where: example or class mask, as in `softmax_cross_entropy`.
+      weights: per-example multiplier broadcastable to `[*batch]`.
+      class_weights: `[num_classes]`, applied inside both sums.
+      label_smoothing: $\varepsilon \in [0, 1)$, smooths the targets of both terms.
+      z_loss: $\lambda_z \ge 0$.
+      reduction: one of the five reductions.
 
     Returns:
       `[*batch]` for `reduction="none"`, else a scalar.
@@ -646,7 +656,8 @@ def poly_loss_cross_entropy(
       >>> import jwxent
       >>> logits = jnp.array([[0.0, 0.0]])
       >>> labels = jnp.array([[1.0, 0.0]])
-      >>> print(jwxent.poly_loss_cross_entropy(logits, labels, epsilon=1.0))
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.poly_loss_cross_entropy(logits, labels, epsilon=1.0))
       [1.1931]
 
     References:
