@@ -19,7 +19,7 @@ from jwxent._class_balance import class_balance_weights as class_balance_weights
 from jwxent._weights import class_counts as class_counts
 from jwxent._weights import class_weights_from_counts as class_weights_from_counts
 from jwxent._weights import cost_matrix_from_class_weights as cost_matrix_from_class_weights
-# <exports: fused linear>
+from jwxent._fused_linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 
 __version__ = "0.1.0"
 
@@ -40,5 +40,5 @@ __all__ = [
     "class_counts",
     "class_weights_from_counts",
     "cost_matrix_from_class_weights",
-    # <all: fused linear>
+    "linear_softmax_cross_entropy",
 ]

@@ -520,3 +520,36 @@ def class_balance_frequencies(batch_frequencies, decays):
     weights = np.array([(1.0 - decays[s]) * np.prod(decays[s + 1 :]) for s in range(num_batches)])
     stacked = np.asarray(batch_frequencies, np.float64)
     return (weights[:, None] * stacked).sum(axis=0) / weights.sum()
+
+
+# ---------------------------------------------------------------------------
+# Fused linear projection + softmax cross-entropy (SPEC §2).
+# ---------------------------------------------------------------------------
+
+
+def linear_logits(x, w, bias=None, logit_soft_cap=None):
+    """float64 `cap(x @ w + bias)`, with Gemma 2's soft cap `cap(z) = c·tanh(z/c)`."""
+    z = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+    if bias is not None:
+        z = z + np.asarray(bias, np.float64)
+    if logit_soft_cap is not None:
+        z = logit_soft_cap * np.tanh(z / logit_soft_cap)
+    return z
+
+
+def linear_softmax_cross_entropy(x, w, labels, *, bias=None, logit_soft_cap=None, **options):
+    """The integer-label softmax reference on the projected (and capped) logits."""
+    logits = linear_logits(x, w, bias, logit_soft_cap)
+    return softmax_cross_entropy_with_integer_labels(logits, labels, **options)
+
+
+def jax_linear_twin(x, w, labels, *, bias=None, logit_soft_cap=None, **options):
+    """`linear_softmax_cross_entropy` in plain JAX: whole logits, then the autodiff twin."""
+    import jax.numpy as jnp
+
+    z = x @ w
+    if bias is not None:
+        z = z + bias.reshape((1,) * (z.ndim - 1) + bias.shape)
+    if logit_soft_cap is not None:
+        z = logit_soft_cap * jnp.tanh(z / logit_soft_cap)
+    return jax_integer_label_twin(z, labels, **options)

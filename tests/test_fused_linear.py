@@ -1,0 +1,507 @@
+"""Fused linear + softmax cross-entropy: the unfused loss in float64, memory, errors."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+import jwxent
+from tests import _references as ref
+from tests._tolerance import assert_close
+
+REDUCTIONS = ["none", "sum", "mean", "weighted_mean", "sum_by_nonzero_weights"]
+IGNORE = -100
+BATCH, HIDDEN = (3, 4), 5
+
+
+def make_inputs(vocab=37, seed=0, dtype=np.float64, batch=BATCH):
+    """Features, projection, labels (some ignored), weights, masks and class weights."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, vocab, size=batch)
+    ignored = rng.random(batch) < 0.25
+    return {
+        "x": rng.standard_normal(batch + (HIDDEN,)).astype(dtype),
+        "w": (2 * rng.standard_normal((HIDDEN, vocab))).astype(dtype),
+        "bias": rng.standard_normal(vocab).astype(dtype),
+        "labels": labels.astype(np.int32),
+        "labels_with_ignored": np.where(ignored, IGNORE, labels).astype(np.int32),
+        "weights": rng.uniform(0.0, 2.0, size=batch).astype(dtype),
+        "where": rng.random(batch) < 0.7,
+        "class_weights": rng.uniform(0.1, 3.0, size=vocab).astype(dtype),
+    }
+
+
+# Each case maps the inputs to (labels key, keyword arguments).
+CASES = {
+    "plain": lambda d: ("labels", {}),
+    "weights": lambda d: ("labels", {"weights": d["weights"]}),
+    "class_weights": lambda d: ("labels", {"class_weights": d["class_weights"]}),
+    "ignore_index": lambda d: ("labels_with_ignored", {"ignore_index": IGNORE}),
+    "where": lambda d: ("labels", {"where": d["where"]}),
+    "label_smoothing": lambda d: ("labels", {"label_smoothing": 0.1}),
+    "smoothing_class_weights": lambda d: (
+        "labels",
+        {"label_smoothing": 0.2, "class_weights": d["class_weights"]},
+    ),
+    "z_loss": lambda d: ("labels", {"z_loss": 1e-2, "class_weights": d["class_weights"]}),
+    "logit_soft_cap": lambda d: ("labels", {"logit_soft_cap": 3.0, "bias": d["bias"]}),
+    "everything": lambda d: (
+        "labels_with_ignored",
+        {
+            "bias": d["bias"],
+            "weights": d["weights"],
+            "class_weights": d["class_weights"],
+            "ignore_index": IGNORE,
+            "where": d["where"],
+            "label_smoothing": 0.1,
+            "z_loss": 1e-3,
+            "logit_soft_cap": 4.0,
+        },
+    ),
+}
+DIFFERENTIABLE = ("x", "w", "bias", "weights", "class_weights")
+
+
+def _split(kwargs, d):
+    """Differentiable float arguments (x, w and float keywords) and the static rest."""
+    floats = {"x": jnp.asarray(d["x"]), "w": jnp.asarray(d["w"])}
+    static = {}
+    for name, value in kwargs.items():
+        if name in DIFFERENTIABLE:
+            floats[name] = jnp.asarray(value)
+        else:
+            static[name] = value
+    return floats, static
+
+
+def _loss(labels, static, reduction, implementation, **options):
+    """Loss of the float arguments: the fused one, or the plain-JAX twin."""
+
+    def loss(floats):
+        x, w = floats["x"], floats["w"]
+        rest = {k: v for k, v in floats.items() if k not in ("x", "w")}
+        kwargs = {**rest, **static, "reduction": reduction}
+        if implementation == "twin":
+            return ref.jax_linear_twin(x, w, labels, **kwargs)
+        return jwxent.linear_softmax_cross_entropy(
+            x, w, labels, implementation=implementation, **kwargs, **options
+        )
+
+    return loss
+
+
+def _assert_values_and_grads(d, label_key, kwargs, reductions, implementation=None, **options):
+    """Fused values and every cotangent against NumPy and the autodiff twin, float64.
+
+    One jitted program per call computes every reduction, fused and twin, with
+    a fixed random output cotangent (so `"none"` checks every row's cotangent).
+    """
+    floats, static = _split(kwargs, d)
+    labels = jnp.asarray(d[label_key])
+    rng = np.random.default_rng(1)
+    cotangents = {r: rng.standard_normal(() if r != "none" else labels.shape) for r in reductions}
+
+    @jax.jit
+    def run(floats, cotangents):
+        results = {}
+        for reduction in reductions:
+            for kind in ("fused", "twin"):
+                impl = "twin" if kind == "twin" else implementation
+                fn = _loss(labels, static, reduction, impl, **options)
+                out, vjp = jax.vjp(fn, floats)
+                results[kind, reduction] = (out, vjp(cotangents[reduction])[0])
+        return results
+
+    results = run(floats, cotangents)
+    terms = d["w"].size
+    for reduction in reductions:
+        (out, grads), (twin_out, twin_grads) = (
+            results["fused", reduction],
+            results["twin", reduction],
+        )
+        expected = ref.linear_softmax_cross_entropy(
+            d["x"], d["w"], d[label_key], reduction=reduction, **kwargs
+        )
+        assert out.dtype == jnp.float64
+        assert out.shape == np.shape(expected)
+        assert_close(out, expected, jnp.float64, terms, err_msg=reduction)
+        assert_close(out, twin_out, jnp.float64, terms, err_msg=reduction)
+        for name in floats:
+            assert grads[name].dtype == floats[name].dtype
+            message = f"{reduction}: d{name}"
+            assert_close(grads[name], twin_grads[name], jnp.float64, terms, err_msg=message)
+
+
+# ---------------------------------------------------------------------------
+# Values and gradients against the unfused loss, float64.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_chunked_matches_reference_and_autodiff(case):
+    with jax.enable_x64(True):
+        d = make_inputs(vocab=37)
+        label_key, kwargs = CASES[case](d)
+        # 37 columns in blocks of 8: four strided blocks and a tail of 5. "none"
+        # with a random output cotangent checks every row's value and cotangents.
+        _assert_values_and_grads(d, label_key, kwargs, ["none", "weighted_mean"], chunk_size=8)
+
+
+def test_every_reduction_matches_reference():
+    with jax.enable_x64(True):
+        d = make_inputs(vocab=37, seed=2)
+        label_key, kwargs = CASES["everything"](d)
+        labels = d[label_key]
+
+        @jax.jit
+        def losses(x, w):
+            return {
+                r: jwxent.linear_softmax_cross_entropy(x, w, labels, reduction=r, **kwargs)
+                for r in REDUCTIONS
+            }
+
+        for reduction, loss in losses(d["x"], d["w"]).items():
+            expected = ref.linear_softmax_cross_entropy(
+                d["x"], d["w"], labels, reduction=reduction, **kwargs
+            )
+            assert_close(loss, expected, jnp.float64, terms=d["w"].size, err_msg=reduction)
+
+
+@pytest.mark.parametrize(
+    ("vocab", "chunk_size"),
+    [(40, 8), (37, 1), (37, 36), (37, 100), (37, None)],
+)
+def test_every_block_layout_matches(vocab, chunk_size):
+    with jax.enable_x64(True):
+        d = make_inputs(vocab=vocab, seed=vocab)
+        label_key, kwargs = CASES["everything"](d)
+        _assert_values_and_grads(d, label_key, kwargs, ["none"], chunk_size=chunk_size)
+
+
+def test_xla_implementation_matches():
+    with jax.enable_x64(True):
+        d = make_inputs(vocab=23, seed=3)
+        label_key, kwargs = CASES["everything"](d)
+        _assert_values_and_grads(d, label_key, kwargs, ["none", "mean"], implementation="xla")
+
+
+def test_defaults_match_optax_values_and_gradients():
+    d = make_inputs(vocab=50, seed=4, dtype=np.float32)
+    x, w, labels = jnp.asarray(d["x"]), jnp.asarray(d["w"]), jnp.asarray(d["labels"])
+
+    def fused(x, w):
+        return jnp.sum(jwxent.linear_softmax_cross_entropy(x, w, labels, chunk_size=16))
+
+    def unfused(x, w):
+        return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(x @ w, labels))
+
+    both = jax.jit(
+        lambda x, w: [jax.value_and_grad(f, argnums=(0, 1))(x, w) for f in (fused, unfused)]
+    )
+    (value, grads), (expected, expected_grads) = both(x, w)
+    assert_close(value, expected, jnp.float32, terms=w.size)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        assert_close(grad, expected_grad, jnp.float32, terms=w.size)
+
+
+def test_check_grads_numerically():
+    with jax.enable_x64(True):
+        d = make_inputs(vocab=11, seed=5)
+        labels = jnp.asarray(d["labels"])
+
+        def loss(x, w, bias, class_weights):
+            return jwxent.linear_softmax_cross_entropy(
+                x,
+                w,
+                labels,
+                bias=bias,
+                class_weights=class_weights,
+                label_smoothing=0.1,
+                z_loss=1e-2,
+                logit_soft_cap=3.0,
+                reduction="weighted_mean",
+                chunk_size=4,
+            )
+
+        args = tuple(jnp.asarray(d[k]) for k in ("x", "w", "bias", "class_weights"))
+        check_grads(jax.jit(loss), args, order=1, modes=["rev"])
+
+
+def test_labels_have_no_cotangent():
+    d = make_inputs(dtype=np.float32)
+    x, w, labels = jnp.asarray(d["x"]), jnp.asarray(d["w"]), jnp.asarray(d["labels"])
+
+    def total(labels):
+        return jnp.sum(jwxent.linear_softmax_cross_entropy(x, w, labels))
+
+    grad = jax.jit(jax.grad(total, allow_int=True))(labels)
+    assert grad.dtype == jax.dtypes.float0
+    assert grad.shape == labels.shape
+
+
+# ---------------------------------------------------------------------------
+# Precision, masking, labels out of range.
+# ---------------------------------------------------------------------------
+
+
+def test_bfloat16_inputs_compute_in_float32():
+    d = make_inputs(vocab=64, seed=6, dtype=np.float32, batch=(16,))
+    x = jnp.asarray(d["x"], jnp.bfloat16)
+    w = jnp.asarray(d["w"], jnp.bfloat16)
+    labels = jnp.asarray(d["labels"])
+
+    def fused(x, w):
+        return jnp.sum(jwxent.linear_softmax_cross_entropy(x, w, labels, chunk_size=16))
+
+    def twin(x, w):
+        return jnp.sum(ref.jax_linear_twin(x.astype(jnp.float32), w.astype(jnp.float32), labels))
+
+    loss = jax.jit(jwxent.linear_softmax_cross_entropy)(x, w, labels)
+    assert loss.dtype == jnp.float32
+    # The reference sees the same bf16-rounded inputs, in float64.
+    expected = ref.linear_softmax_cross_entropy(
+        np.asarray(x, np.float64), np.asarray(w, np.float64), d["labels"]
+    )
+    assert_close(loss, expected, jnp.float32, terms=w.size)
+
+    grads = jax.jit(lambda x, w: [jax.grad(f, argnums=(0, 1))(x, w) for f in (fused, twin)])
+    (dx, dw), (expected_dx, expected_dw) = grads(x, w)
+    assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
+    # The logits gradient is rounded to bf16 before the two products.
+    assert_close(dx, expected_dx, jnp.bfloat16, terms=64)
+    assert_close(dw, expected_dw, jnp.bfloat16, terms=16)
+
+
+def test_masked_rows_have_exactly_zero_gradient_even_with_nan_features():
+    d = make_inputs(vocab=20, seed=7, dtype=np.float32)
+    x = d["x"].copy()
+    where = d["where"]
+    x[~where] = np.nan
+
+    def loss(x, w):
+        return jwxent.linear_softmax_cross_entropy(
+            x, w, d["labels"], where=where, reduction="mean", chunk_size=6
+        )
+
+    value, (dx, dw) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, d["w"])
+    expected = ref.linear_softmax_cross_entropy(
+        np.where(where[..., None], x, 0.0), d["w"], d["labels"], where=where, reduction="mean"
+    )
+    assert_close(value, expected, jnp.float32, terms=d["w"].size)
+    assert np.all(np.asarray(dx)[~where] == 0.0)
+    assert np.all(np.isfinite(dx)) and np.all(np.isfinite(dw))
+
+
+def test_fully_masked_batch_gives_zero_loss_and_gradient():
+    d = make_inputs(vocab=20, seed=8, dtype=np.float32)
+    where = np.zeros(BATCH, bool)
+
+    def loss(x, w):
+        return jwxent.linear_softmax_cross_entropy(
+            x, w, d["labels"], where=where, reduction="weighted_mean", chunk_size=6
+        )
+
+    value, (dx, dw) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(d["x"], d["w"])
+    assert value == 0.0
+    assert not np.any(dx) and not np.any(dw)
+
+
+def test_out_of_range_label_raises_eagerly_with_position():
+    d = make_inputs(vocab=20, dtype=np.float32)
+    labels = d["labels"].copy()
+    labels[1, 2] = 20
+    with pytest.raises(
+        ValueError, match=r"`labels` must be in \[0, 20\).*got 20 at index \(1, 2\)"
+    ):
+        jwxent.linear_softmax_cross_entropy(d["x"], d["w"], labels)
+
+
+def test_out_of_range_label_is_nan_under_jit():
+    d = make_inputs(vocab=20, dtype=np.float32)
+    labels = d["labels"].copy()
+    labels[0, 1] = -3
+    loss = jax.jit(jwxent.linear_softmax_cross_entropy)(d["x"], d["w"], labels)
+    assert np.isnan(loss[0, 1])
+    assert np.isfinite(np.delete(np.asarray(loss).ravel(), 1)).all()
+
+
+# ---------------------------------------------------------------------------
+# Transforms.
+# ---------------------------------------------------------------------------
+
+
+def _loss_of(d, **options):
+    labels = jnp.asarray(d["labels"])
+
+    def loss(x, w, class_weights):
+        return jwxent.linear_softmax_cross_entropy(
+            x, w, labels, class_weights=class_weights, chunk_size=8, **options
+        )
+
+    return loss
+
+
+def test_jit_and_grad_of_jit_do_not_retrace():
+    d = make_inputs(vocab=30, seed=9, dtype=np.float32)
+    options = {"reduction": "weighted_mean", "label_smoothing": 0.1}
+    loss = jax.jit(chex.assert_max_traces(_loss_of(d, **options), n=1))
+    grad = jax.grad(loss, argnums=(0, 1, 2))
+
+    def twin(x, w, class_weights):
+        return ref.jax_linear_twin(x, w, d["labels"], class_weights=class_weights, **options)
+
+    twin_grad = jax.jit(jax.grad(twin, argnums=(0, 1, 2)))
+    args = [jnp.asarray(d[k]) for k in ("x", "w", "class_weights")]
+    for scale in (1.0, 1.5):  # new values, same shapes: no new trace
+        x, w, cw = (scale * a for a in args)
+        expected = ref.linear_softmax_cross_entropy(x, w, d["labels"], class_weights=cw, **options)
+        assert_close(loss(x, w, cw), expected, jnp.float32, terms=w.size)
+        for g, e in zip(grad(x, w, cw), twin_grad(x, w, cw), strict=True):
+            assert_close(g, e, jnp.float32, terms=w.size)
+
+
+def test_vmap_checkpoint_and_scan_match_the_reference():
+    d = make_inputs(vocab=30, seed=10, dtype=np.float32)
+    loss = _loss_of(d, reduction="sum")
+    xs = jnp.stack([jnp.asarray(d["x"]), 2.0 * jnp.asarray(d["x"])])
+    w, cw = jnp.asarray(d["w"]), jnp.asarray(d["class_weights"])
+
+    def vmapped(w):
+        return jax.vmap(jax.checkpoint(loss), in_axes=(0, None, None))(xs, w, cw)
+
+    def scanned(w):
+        return jax.lax.scan(lambda total, x: (total + loss(x, w, cw), None), 0.0, xs)[0]
+
+    def twin(w):
+        return sum(
+            ref.jax_linear_twin(x, w, d["labels"], class_weights=cw, reduction="sum") for x in xs
+        )
+
+    @jax.jit
+    def run(w):
+        per_x, vjp = jax.vjp(vmapped, w)
+        return per_x, vjp(jnp.ones_like(per_x))[0], scanned(w), jax.grad(twin)(w)
+
+    per_x, grad, total, twin_grad = run(w)
+    for x, value in zip(xs, per_x, strict=True):
+        expected = ref.linear_softmax_cross_entropy(
+            x, w, d["labels"], class_weights=cw, reduction="sum"
+        )
+        assert_close(value, expected, jnp.float32, terms=30)
+    assert_close(total, jnp.sum(per_x), jnp.float32, terms=30)
+    assert_close(grad, twin_grad, jnp.float32, terms=30)
+
+
+def test_default_implementation_streams_and_xla_does_not():
+    d = make_inputs(vocab=30, dtype=np.float32)
+    args = (d["x"], d["w"], d["labels"])
+
+    def jaxpr(implementation):
+        loss = lambda *a: jwxent.linear_softmax_cross_entropy(*a, implementation=implementation)
+        return str(jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(loss(*a)), argnums=(0, 1)))(*args))
+
+    # The whole logits are [3, 4, 30] (or [12, 30] with the rows flattened).
+    for streamed in (jaxpr(None), jaxpr("chunked")):
+        assert "f32[3,4,30]" not in streamed and "f32[12,30]" not in streamed
+    assert "f32[3,4,30]" in jaxpr("xla")
+
+
+# ---------------------------------------------------------------------------
+# Memory: XLA's own accounting of the compiled value_and_grad.
+# ---------------------------------------------------------------------------
+
+
+def _temp_bytes(loss, *args):
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*args).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def _shape_args(tokens, hidden, vocab):
+    x = jax.ShapeDtypeStruct((tokens, hidden), jnp.float32)
+    w = jax.ShapeDtypeStruct((hidden, vocab), jnp.float32)
+    return x, w, jax.ShapeDtypeStruct((tokens,), jnp.int32)
+
+
+def test_temp_memory_is_at_most_an_eighth_of_unfused():
+    args = _shape_args(2048, 128, 16384)
+
+    def fused(x, w, labels):
+        return jwxent.linear_softmax_cross_entropy(x, w, labels, reduction="mean")
+
+    def unfused(x, w, labels):
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(x @ w, labels))
+
+    fused_bytes, unfused_bytes = _temp_bytes(fused, *args), _temp_bytes(unfused, *args)
+    logits_bytes = 2048 * 16384 * 4
+    assert unfused_bytes >= logits_bytes  # the baseline does hold the logits
+    assert fused_bytes <= unfused_bytes / 8, (fused_bytes, unfused_bytes)
+
+
+def test_temp_memory_does_not_grow_with_vocabulary():
+    def fused(x, w, labels):
+        return jwxent.linear_softmax_cross_entropy(x, w, labels, reduction="sum", chunk_size=256)
+
+    small = _temp_bytes(fused, *_shape_args(512, 64, 4096))
+    large = _temp_bytes(fused, *_shape_args(512, 64, 16384))
+    assert large <= 1.1 * small, (small, large)
+
+
+# ---------------------------------------------------------------------------
+# Bad input.
+# ---------------------------------------------------------------------------
+
+
+def _call(**overrides):
+    d = make_inputs(vocab=12, dtype=np.float32)
+    args = {"x": d["x"], "w": d["w"], "labels": d["labels"], **overrides}
+    return jwxent.linear_softmax_cross_entropy(
+        args.pop("x"), args.pop("w"), args.pop("labels"), **args
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (
+            {"x": np.ones((3, 4, 5), np.int32)},
+            r"`x` must be a floating-point array, got dtype int32",
+        ),
+        ({"w": np.ones((5, 12), np.int32)}, r"`w` must be a floating-point array"),
+        ({"labels": np.zeros((3, 4), np.float32)}, r"`labels` must be an integer array"),
+        ({"w": np.ones((5, 12), np.float64)}, r"`x` and `w` must have the same dtype"),
+        ({"bias": np.ones(12, np.int32)}, r"`bias` must be a floating-point array"),
+    ],
+)
+def test_wrong_dtypes_raise_type_error(overrides, match):
+    with jax.enable_x64(True), pytest.raises(TypeError, match=match):
+        _call(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"x": np.float32(1.0)}, r"`x` must have a hidden axis"),
+        ({"w": np.ones((4, 12), np.float32)}, r"`w` must have shape \[hidden, vocab\].*\(4, 12\)"),
+        ({"w": np.ones(5, np.float32)}, r"`w` must have shape \[hidden, vocab\]"),
+        ({"labels": np.zeros((3,), np.int32)}, r"`labels` must have shape \(3, 4\)"),
+        ({"bias": np.ones(11, np.float32)}, r"`bias` must have shape \(12,\) \(\[vocab\]\)"),
+        ({"class_weights": np.ones(11, np.float32)}, r"`class_weights` must have shape \(12,\)"),
+        ({"weights": np.ones((3, 4, 1), np.float32)}, r"`weights` of shape \(3, 4, 1\)"),
+        ({"where": np.ones((3, 4, 12), bool)}, r"`where` of shape \(3, 4, 12\)"),
+        ({"where": np.ones((3, 4, 12), bool), "implementation": "xla"}, r"`where` of shape"),
+        ({"chunk_size": 0}, r"`chunk_size` must be None or a positive int; got 0"),
+        ({"chunk_size": 2.5}, r"`chunk_size` must be None or a positive int; got 2.5"),
+        ({"chunk_size": True}, r"`chunk_size` must be None or a positive int; got True"),
+        ({"implementation": "pallas"}, r"`implementation` must be None or one of 'xla', 'chunked'"),
+        ({"logit_soft_cap": 0.0}, r"`logit_soft_cap` must be None or > 0; got 0.0"),
+        ({"label_smoothing": 1.0}, r"`label_smoothing` must be in \[0, 1\)"),
+        ({"z_loss": -1.0}, r"`z_loss` must be >= 0"),
+        ({"reduction": "avg"}, r"`reduction` must be one of 'none', 'sum'"),
+    ],
+)
+def test_bad_shapes_and_options_raise_value_error(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        _call(**overrides)
