@@ -8,9 +8,14 @@ from jwxent._softmax import (
 )
 from jwxent._typing import Reduction as Reduction
 
-# <exports: sigmoid family>
-# <exports: focal losses>
-# <exports: probability inputs>
+from jwxent._sigmoid import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
+from jwxent._sigmoid import sigmoid_focal_loss as sigmoid_focal_loss
+from jwxent._focal import softmax_focal_loss as softmax_focal_loss
+from jwxent._focal import (
+    softmax_focal_loss_with_integer_labels as softmax_focal_loss_with_integer_labels,
+)
+from jwxent._probs import binary_cross_entropy as binary_cross_entropy
+from jwxent._probs import categorical_cross_entropy as categorical_cross_entropy
 from jwxent._class_balance import ClassBalanceState as ClassBalanceState
 from jwxent._class_balance import class_balance_frequencies as class_balance_frequencies
 from jwxent._class_balance import class_balance_init as class_balance_init
@@ -29,9 +34,12 @@ __all__ = [
     "safe_softmax_cross_entropy",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
-    # <all: sigmoid family>
-    # <all: focal losses>
-    # <all: probability inputs>
+    "sigmoid_binary_cross_entropy",
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
+    "softmax_focal_loss_with_integer_labels",
+    "binary_cross_entropy",
+    "categorical_cross_entropy",
     "ClassBalanceState",
     "class_balance_frequencies",
     "class_balance_init",
