@@ -1,5 +1,19 @@
 """jwxent: class-weighted cross-entropy losses for JAX with custom-VJP gradients."""
 
+from jwxent._class_balance import ClassBalanceState as ClassBalanceState
+from jwxent._class_balance import class_balance_frequencies as class_balance_frequencies
+from jwxent._class_balance import class_balance_init as class_balance_init
+from jwxent._class_balance import class_balance_update as class_balance_update
+from jwxent._class_balance import class_balance_weights as class_balance_weights
+from jwxent._focal import softmax_focal_loss as softmax_focal_loss
+from jwxent._focal import (
+    softmax_focal_loss_with_integer_labels as softmax_focal_loss_with_integer_labels,
+)
+from jwxent._fused_linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
+from jwxent._probs import binary_cross_entropy as binary_cross_entropy
+from jwxent._probs import categorical_cross_entropy as categorical_cross_entropy
+from jwxent._sigmoid import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
+from jwxent._sigmoid import sigmoid_focal_loss as sigmoid_focal_loss
 from jwxent._softmax import poly_loss_cross_entropy as poly_loss_cross_entropy
 from jwxent._softmax import safe_softmax_cross_entropy as safe_softmax_cross_entropy
 from jwxent._softmax import softmax_cross_entropy as softmax_cross_entropy
@@ -7,40 +21,17 @@ from jwxent._softmax import (
     softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
 )
 from jwxent._typing import Reduction as Reduction
-
-from jwxent._sigmoid import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
-from jwxent._sigmoid import sigmoid_focal_loss as sigmoid_focal_loss
-from jwxent._focal import softmax_focal_loss as softmax_focal_loss
-from jwxent._focal import (
-    softmax_focal_loss_with_integer_labels as softmax_focal_loss_with_integer_labels,
-)
-from jwxent._probs import binary_cross_entropy as binary_cross_entropy
-from jwxent._probs import categorical_cross_entropy as categorical_cross_entropy
-from jwxent._class_balance import ClassBalanceState as ClassBalanceState
-from jwxent._class_balance import class_balance_frequencies as class_balance_frequencies
-from jwxent._class_balance import class_balance_init as class_balance_init
-from jwxent._class_balance import class_balance_update as class_balance_update
-from jwxent._class_balance import class_balance_weights as class_balance_weights
 from jwxent._weights import class_counts as class_counts
 from jwxent._weights import class_weights_from_counts as class_weights_from_counts
 from jwxent._weights import cost_matrix_from_class_weights as cost_matrix_from_class_weights
-from jwxent._fused_linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassBalanceState",
     "Reduction",
-    "poly_loss_cross_entropy",
-    "safe_softmax_cross_entropy",
-    "softmax_cross_entropy",
-    "softmax_cross_entropy_with_integer_labels",
-    "sigmoid_binary_cross_entropy",
-    "sigmoid_focal_loss",
-    "softmax_focal_loss",
-    "softmax_focal_loss_with_integer_labels",
     "binary_cross_entropy",
     "categorical_cross_entropy",
-    "ClassBalanceState",
     "class_balance_frequencies",
     "class_balance_init",
     "class_balance_update",
@@ -49,4 +40,12 @@ __all__ = [
     "class_weights_from_counts",
     "cost_matrix_from_class_weights",
     "linear_softmax_cross_entropy",
+    "poly_loss_cross_entropy",
+    "safe_softmax_cross_entropy",
+    "sigmoid_binary_cross_entropy",
+    "sigmoid_focal_loss",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_with_integer_labels",
+    "softmax_focal_loss",
+    "softmax_focal_loss_with_integer_labels",
 ]
