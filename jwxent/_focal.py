@@ -248,9 +248,11 @@ def softmax_focal_loss(
       >>> import jwxent
       >>> logits = jnp.log(jnp.array([[0.7, 0.2, 0.1], [0.25, 0.5, 0.25]]))
       >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-      >>> print(jwxent.softmax_focal_loss(logits, labels).round(4))
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.softmax_focal_loss(logits, labels))
       [0.0321 0.7798]
-      >>> print(jwxent.softmax_focal_loss(logits, labels, gamma=0.0).round(4))
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.softmax_focal_loss(logits, labels, gamma=0.0))
       [0.3567 1.3863]
 
     Notes:
@@ -337,10 +339,12 @@ def softmax_focal_loss_with_integer_labels(
       >>> import jwxent
       >>> logits = jnp.log(jnp.array([[0.7, 0.2, 0.1], [0.25, 0.5, 0.25]]))
       >>> labels = jnp.array([0, 2])
-      >>> print(jwxent.softmax_focal_loss_with_integer_labels(logits, labels).round(4))
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.softmax_focal_loss_with_integer_labels(logits, labels))
       [0.0321 0.7798]
-      >>> print(jwxent.softmax_focal_loss_with_integer_labels(
-      ...     logits, labels, class_weights=jnp.array([1.0, 1.0, 0.5])).round(4))
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.softmax_focal_loss_with_integer_labels(
+      ...         logits, labels, class_weights=jnp.array([1.0, 1.0, 0.5])))
       [0.0321 0.3899]
 
     Notes:

@@ -150,7 +150,8 @@ def categorical_cross_entropy(
       >>> import jwxent
       >>> labels = jnp.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
       >>> probs = jnp.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
-      >>> print(jwxent.categorical_cross_entropy(probs, labels).round(4))
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.categorical_cross_entropy(probs, labels))
       [0.0513 2.3026]
 
     Notes:
@@ -248,7 +249,8 @@ def binary_cross_entropy(
       >>> import jwxent
       >>> labels = jnp.array([[0.0, 1.0], [0.0, 0.0]])
       >>> probs = jnp.array([[0.6, 0.4], [0.4, 0.6]])
-      >>> print(jwxent.binary_cross_entropy(probs, labels).round(4))
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.binary_cross_entropy(probs, labels))
       [0.9163 0.7136]
       >>> print(jwxent.binary_cross_entropy(probs, labels, weights=jnp.array([1.0, 3.0]),
       ...                                   reduction="mean"))

@@ -263,11 +263,13 @@ def sigmoid_binary_cross_entropy(
       >>> import jwxent
       >>> logits = jnp.array([[2.0, -1.0], [0.0, 3.0]])
       >>> labels = jnp.array([[1.0, 0.0], [1.0, 0.0]])
-      >>> print(jwxent.sigmoid_binary_cross_entropy(logits, labels))
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.sigmoid_binary_cross_entropy(logits, labels))
       [[0.1269 0.3133]
        [0.6931 3.0486]]
-      >>> print(jwxent.sigmoid_binary_cross_entropy(
-      ...     logits, labels, pos_weight=jnp.array([3.0, 1.0])))
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.sigmoid_binary_cross_entropy(
+      ...         logits, labels, pos_weight=jnp.array([3.0, 1.0])))
       [[0.3808 0.3133]
        [2.0794 3.0486]]
 
@@ -347,9 +349,11 @@ def sigmoid_focal_loss(
       >>> import jwxent
       >>> logits = jnp.array([2.0, -1.0, 0.0])
       >>> labels = jnp.array([1.0, 0.0, 1.0])
-      >>> print(jwxent.sigmoid_focal_loss(logits, labels).round(4))
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.sigmoid_focal_loss(logits, labels))
       [0.0018 0.0227 0.1733]
-      >>> print(jwxent.sigmoid_focal_loss(logits, labels, alpha=0.25).round(4))
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.sigmoid_focal_loss(logits, labels, alpha=0.25))
       [0.0005 0.017 0.0433]
 
     Notes:
