@@ -19,17 +19,6 @@ def long_tail():
     return module
 
 
-@pytest.fixture(scope="module")
-def quick_run(long_tail, tmp_path_factory):
-    out = tmp_path_factory.mktemp("long_tail_out")
-    # The example runs under JAX's default promotion, as a user's script does:
-    # optax's Adam raises its decay to the integer step count, which strict
-    # promotion (on for the library's own tests) rejects.
-    with jax.numpy_dtype_promotion("standard"):
-        runs = long_tail.main(["--quick", "--out", out])
-    return runs, out
-
-
 def test_training_split_is_long_tailed_and_test_split_balanced(long_tail):
     data = long_tail.load_data(imbalance=50.0, seed=0)
     counts = np.bincount(data.y_train, minlength=long_tail.NUM_CLASSES)
@@ -39,28 +28,39 @@ def test_training_split_is_long_tailed_and_test_split_balanced(long_tail):
     np.testing.assert_array_equal(test_counts, long_tail.TEST_PER_CLASS)
 
 
-def test_every_scheme_runs_and_reports_metrics_in_unit_interval(long_tail, quick_run):
-    runs, _ = quick_run
+def test_the_example_compares_the_six_schemes(long_tail):
+    assert [scheme.name for scheme in long_tail.SCHEMES] == [
+        "unweighted",
+        "inverse frequency",
+        "balanced",
+        "effective number",
+        "focal loss",
+        "online estimate",
+    ]
+
+
+def test_quick_run_end_to_end(long_tail, tmp_path):
+    """`main(["--quick", ...])`: metrics in [0, 1], falling losses, the PNG and the table.
+
+    One test for the whole run, so that parallel test workers run it once.
+    """
+    # The example runs under JAX's default promotion, as a user's script does:
+    # optax's Adam raises its decay to the integer step count, which strict
+    # promotion (on for the library's own tests) rejects.
+    with jax.numpy_dtype_promotion("standard"):
+        runs = long_tail.main(["--quick", "--out", tmp_path])
+
     assert [run.scheme.name for run in runs] == [scheme.name for scheme in long_tail.SCHEMES]
     for run in runs:
         for metric in (run.balanced_accuracy, run.macro_f1, run.rare_accuracy, run.recall):
             assert np.all(np.isfinite(metric)), run.scheme.name
             assert np.all((metric >= 0.0) & (metric <= 1.0)), run.scheme.name
-
-
-def test_the_loss_falls_for_every_scheme(quick_run):
-    runs, _ = quick_run
-    for run in runs:
         first, last = run.losses[:, :10].mean(), run.losses[:, -10:].mean()
         assert np.isfinite(run.losses).all(), run.scheme.name
         assert last < 0.7 * first, (run.scheme.name, first, last)
 
-
-def test_writes_the_png_and_the_markdown_table(long_tail, quick_run):
-    runs, out = quick_run
-    png = out / "long_tail.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = (out / "results.md").read_text().splitlines()
+    assert (tmp_path / "long_tail.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "results.md").read_text().splitlines()
     assert table[0].startswith("| scheme | balanced accuracy | macro-F1 |")
     assert len(table) == 2 + len(runs)
     for row, run in zip(table[2:], runs, strict=True):
