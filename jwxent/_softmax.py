@@ -57,11 +57,17 @@ def _logsumexp(z: Array, class_mask: Array | None) -> Array:
     dtype = compute_dtype(z.dtype)
     if class_mask is not None:
         z = jnp.where(class_mask, z, jnp.array(-jnp.inf, z.dtype))
-    row_max = jnp.max(z, axis=-1, keepdims=True).astype(dtype)
+    # The max in the logits' own dtype is exact, and it leaves the sum the only
+    # reader of `z.astype(dtype)`, so XLA fuses that convert into the sum instead
+    # of writing a float32 copy of half-precision logits.
+    row_max = jnp.max(z, axis=-1)
     # A row of -inf has max -inf; shift by 0 instead so the result is -inf, not NaN.
-    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    shifted = z.astype(dtype) - row_max
-    return jnp.log(jnp.sum(jnp.exp(shifted), axis=-1)) + row_max[..., 0]
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, jnp.zeros_like(row_max)).astype(dtype)
+    total = jnp.sum(jnp.exp(z.astype(dtype) - row_max[..., None]), axis=-1)
+    # A no-op (`total` is >= 0 or NaN) that keeps XLA:CPU from fusing the log
+    # into its library row reduction, where it makes the reduction ~4x slower.
+    total = jnp.where(total >= 0, total, jnp.nan)
+    return jnp.log(total) + row_max
 
 
 def _softmax(z: Array, lse: Array, class_mask: Array | None) -> Array:
@@ -81,6 +87,83 @@ def _label_hits(z: Array, labels: Array) -> Array:
 def _finite_or_zero(z: Array) -> Array:
     """Replaces -inf logits (masked classes) by 0 so that `0·(-inf)` is 0, not NaN."""
     return jnp.where(jnp.isneginf(z), jnp.zeros_like(z), z)
+
+
+def _separate(logits: Array, tag: Array) -> Array:
+    """The same logits under a new name, so that a pass over them fuses on its own.
+
+    XLA merges identical `convert`s of one array (CSE); a convert that feeds two
+    fusions is then written out as a float32 copy of half-precision logits. An
+    optimization barrier (free for an array that already exists) gives each
+    pass its own convert. `tag`, a small array that differs from pass to pass,
+    keeps XLA from merging the barriers themselves.
+    """
+    return lax.optimization_barrier((logits, tag))[0]
+
+
+@jax.custom_jvp
+def _label_logit(logits: Array, labels: Array) -> Array:
+    """`logits[..., label]` per row, gathered as raw bits in the logits' dtype.
+
+    Gathering the bits keeps XLA from moving a later float32 convert in front
+    of the gather, which would make the convert of all the logits shared. The
+    bits carry no derivative, so the JVP (used by reverse-over-reverse, which
+    differentiates the forward pass) gathers the tangent directly.
+    """
+    bits = lax.bitcast_convert_type(logits, jnp.dtype(f"uint{8 * logits.dtype.itemsize}"))
+    return lax.bitcast_convert_type(_take_label(bits, labels), logits.dtype)
+
+
+def _take_label(x: Array, labels: Array) -> Array:
+    index = labels[..., None].astype(jnp.int32)
+    return jnp.take_along_axis(x, index, axis=-1, mode="promise_in_bounds")[..., 0]
+
+
+@_label_logit.defjvp
+def _label_logit_jvp(primals, tangents):
+    logits, labels = primals
+    return _label_logit(logits, labels), _take_label(tangents[0], labels)
+
+
+def _target_dot(logits: Array, targets: Array, dtype: jnp.dtype) -> Array:
+    """`Σ_k t_k z_k` per row in `dtype`, with `0·(-inf) = 0`.
+
+    `[..., C]` targets: a row sum of `t·max(z, floor(t))`, where the floor is
+    -inf for `t > 0` (so `t·(-inf)` stays -inf) and the lowest finite value
+    for `t = 0` (so `0·(-inf)` becomes 0). It uses only arithmetic that XLA:CPU
+    fuses into its row reduction; a `where` there would write the product out.
+
+    `[C]` targets: a matrix-vector product, several times faster, which gives
+    NaN for `0·(-inf)`; only then is the row sum above computed instead.
+    """
+    if targets.ndim > 1:
+        return _clamped_dot(logits, targets.astype(dtype))
+    vector = targets.astype(dtype)
+    fast = _matvec(logits, vector)
+    return lax.cond(jnp.any(jnp.isnan(fast)), lambda: _clamped_dot(logits, vector), lambda: fast)
+
+
+def _clamped_dot(logits: Array, targets: Array) -> Array:
+    dtype = targets.dtype
+    floor = jnp.finfo(dtype).min / (1 - jnp.sign(targets))
+    t = _rows(targets, logits.ndim)
+    return jnp.sum(t * jnp.maximum(logits.astype(dtype), _rows(floor, logits.ndim)), axis=-1)
+
+
+def _matvec(logits: Array, vector: Array) -> Array:
+    """`logits @ vector` with `vector` in the compute dtype, accumulated in it."""
+    highest = lax.Precision.HIGHEST
+    if logits.dtype == vector.dtype:
+        return jnp.matmul(logits, vector, precision=highest)
+    high = vector.astype(logits.dtype)
+    low = (vector - high.astype(vector.dtype)).astype(logits.dtype)
+    parts = jnp.matmul(
+        logits,
+        jnp.stack([high, low], axis=-1),
+        precision=highest,
+        preferred_element_type=vector.dtype,
+    )
+    return parts[..., 0] + parts[..., 1]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -109,18 +192,19 @@ def _logit_stats(
 
 def _logit_stats_fwd(with_prob_dot, logits, class_mask, labels, targets):
     dtype = compute_dtype(logits.dtype)
-    z = logits.astype(dtype)
     zeros = jnp.zeros(logits.shape[:-1], dtype)
+    # Each pass reads the logits in their own dtype and converts inside its
+    # fusion; none of them writes a logits-shaped array.
     lse = _logsumexp(logits, class_mask)
     picked = zeros
     if labels is not None:
-        picked = jnp.sum(jnp.where(_label_hits(z, labels), z, 0.0), axis=-1)
+        picked = _label_logit(logits, labels).astype(dtype)
     dot = prob_dot = zeros
     if targets is not None:
-        t = _rows(targets.astype(dtype), z.ndim)
-        dot = jnp.sum(t * _finite_or_zero(z), axis=-1)
+        dot = _target_dot(_separate(logits, lse), targets, dtype)
         if with_prob_dot:
-            prob_dot = jnp.sum(t * _softmax(z, lse, class_mask), axis=-1)
+            t = _rows(targets.astype(dtype), logits.ndim)
+            prob_dot = jnp.sum(t * _softmax(_separate(logits, dot), lse, class_mask), axis=-1)
     # Residuals: the logits we were given (no copy), the masks, labels and
     # targets, and one lse (and prob_dot) per row. Probabilities are recomputed.
     residuals = (logits, class_mask, labels, targets, lse, prob_dot)
@@ -131,7 +215,8 @@ def _logit_stats_bwd(with_prob_dot, residuals, cotangents):
     logits, class_mask, labels, targets, lse, prob_dot = residuals
     g_lse, g_picked, g_dot, g_prob = cotangents
     dtype = lse.dtype
-    z = logits.astype(dtype)
+    # One fused elementwise pass: read the logits, write their gradient.
+    z = _separate(logits, g_lse)
     probs = _softmax(z, lse, class_mask)
     d_logits = g_lse[..., None] * probs
     if labels is not None:
@@ -140,7 +225,7 @@ def _logit_stats_bwd(with_prob_dot, residuals, cotangents):
     if targets is not None:
         t = _rows(targets.astype(dtype), z.ndim)
         d_logits = d_logits + g_dot[..., None] * t
-        d_t = g_dot[..., None] * _finite_or_zero(z)
+        d_t = g_dot[..., None] * _finite_or_zero(z).astype(dtype)
         if with_prob_dot:
             d_logits = d_logits + g_prob[..., None] * probs * (t - prob_dot[..., None])
             d_t = d_t + g_prob[..., None] * probs
