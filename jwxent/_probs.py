@@ -27,6 +27,7 @@ to stabilise and no large intermediate to avoid.
 import jax.numpy as jnp
 
 from jwxent import _checks, _reduction
+from jwxent._sigmoid import expand_rank
 from jwxent._softmax import compute_dtype
 from jwxent._typing import Array, ArrayLike, Reduction
 
@@ -182,7 +183,7 @@ def categorical_cross_entropy(
     if class_weights is not None:
         class_weights = jnp.asarray(class_weights)
         _checks.check_class_weights(class_weights, num_classes)
-        cw = jnp.broadcast_to(class_weights.astype(dtype), q.shape)
+        cw = expand_rank(class_weights.astype(dtype), q.ndim)
         targets = cw * targets
         label_weight = jnp.sum(cw * q, axis=-1)
     loss = -jnp.sum(targets * jnp.log(p_hat), axis=-1)
@@ -279,6 +280,7 @@ def binary_cross_entropy(
     if pos_weight is not None:
         pos_weight = jnp.asarray(pos_weight)
         _checks.check_floating(pos_weight, "pos_weight")
-        positive = _companion(pos_weight, p.shape, -1, "pos_weight", dtype) * positive
+        _checks.check_broadcastable(pos_weight, p.shape, "pos_weight")
+        positive = expand_rank(pos_weight.astype(dtype), p.ndim) * positive
     loss = -jnp.mean(positive + (1.0 - y) * jnp.log(1.0 - p), axis=-1)
     return _reduce(loss, weights=weights, label_weight=None, mask=mask, reduction=reduction)

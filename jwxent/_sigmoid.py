@@ -36,6 +36,15 @@ def _unbroadcast(x: Array, shape: tuple[int, ...]) -> Array:
     return jnp.sum(x, axis=stretched, keepdims=True) if stretched else x
 
 
+def expand_rank(x: Array, ndim: int) -> Array:
+    """`x` with leading size-1 axes up to `ndim`, so it broadcasts in a product.
+
+    Cheaper than `broadcast_to` the full shape: no replicated copy is made, and
+    under sharding the small array's cotangent is a reduction, not an all-gather.
+    """
+    return x.reshape((1,) * (ndim - x.ndim) + x.shape)
+
+
 def _elementwise_inputs(logits: ArrayLike, labels: ArrayLike) -> tuple[Array, Array]:
     """`logits` and float `labels`, validated and broadcast to their common shape.
 
@@ -105,7 +114,7 @@ def _bce_upcast(logits, labels, pos_weight):
     dtype = compute_dtype(logits.dtype)
     x, y = logits.astype(dtype), labels.astype(dtype)
     c = jnp.ones((), dtype) if pos_weight is None else pos_weight.astype(dtype)
-    return x, y, jnp.broadcast_to(c, x.shape)
+    return x, y, expand_rank(c, x.ndim)
 
 
 def _bce_fwd(logits, labels, pos_weight):
@@ -374,7 +383,7 @@ def sigmoid_focal_loss(
     if alpha is not None:
         alpha = jnp.asarray(alpha)
         _checks.check_broadcastable(alpha, x.shape, "alpha")
-        alpha = jnp.broadcast_to(alpha.astype(loss.dtype), x.shape)
+        alpha = expand_rank(alpha.astype(loss.dtype), x.ndim)
         y_t = y.astype(loss.dtype)
         loss = (alpha * y_t + (1.0 - alpha) * (1.0 - y_t)) * loss
     return _weighted_reduce(loss, weights, mask, reduction)

@@ -250,6 +250,10 @@ def test_axis_matches_class_axis_last(axis):
 # ---------------------------------------------------------------------------
 
 
+# The other keywords are linear outside the cores; "everything" covers them too.
+GRADIENT_CASES = ["plain", "class_weights", "label_smoothing", "everything"]
+
+
 def _grads_against_twin(fn, case, labels_key, kwargs, differentiate):
     """Gradients of the `differentiate` arguments present, jwxent (float32) vs twin
     (float64), for each reduction of the case, all in one jitted call."""
@@ -282,7 +286,7 @@ def _grads_against_twin(fn, case, labels_key, kwargs, differentiate):
             assert_close(got, expected[reduction][name], np.float32, 15, f"{reduction}: {name}")
 
 
-@pytest.mark.parametrize("case", list(INTEGER_CASES))
+@pytest.mark.parametrize("case", GRADIENT_CASES)
 def test_integer_label_gradients_match_autodiff(case):
     labels_key, kwargs = INTEGER_CASES[case](make_inputs((3, 5), seed=7))
     _grads_against_twin(
@@ -294,7 +298,7 @@ def test_integer_label_gradients_match_autodiff(case):
     )
 
 
-@pytest.mark.parametrize("case", list(PROBABILITY_CASES))
+@pytest.mark.parametrize("case", GRADIENT_CASES)
 def test_probability_label_gradients_match_autodiff(case):
     kwargs = PROBABILITY_CASES[case](make_inputs((3, 5), seed=7))
     _grads_against_twin(
@@ -306,7 +310,8 @@ def test_probability_label_gradients_match_autodiff(case):
     )
 
 
-@pytest.mark.parametrize(("order", "gamma"), [(1, 0.0), (1, 0.5), (2, 0.5), (2, 2.0)])
+# Order 2 checks order 1 as well.
+@pytest.mark.parametrize(("order", "gamma"), [(1, 0.0), (2, 0.5)])
 def test_check_grads_probability_labels(order, gamma):
     with jax.enable_x64(True):
         data = make_inputs((2, 4), seed=8, dtype=np.float64)
@@ -325,7 +330,7 @@ def test_check_grads_probability_labels(order, gamma):
         check_grads(jax.jit(f), args, order=order, modes=["rev"])
 
 
-@pytest.mark.parametrize(("order", "label_smoothing"), [(1, 0.0), (1, 0.2), (2, 0.0), (2, 0.2)])
+@pytest.mark.parametrize(("order", "label_smoothing"), [(2, 0.0), (2, 0.2)])
 def test_check_grads_integer_labels(order, label_smoothing):
     with jax.enable_x64(True):
         data = make_inputs((3, 4), seed=9, dtype=np.float64)
@@ -544,7 +549,7 @@ def test_out_of_range_label_is_nan_under_jit():
 # ---------------------------------------------------------------------------
 
 
-def test_jit_vmap_and_grad_of_jit_agree_with_eager():
+def test_jit_vmap_and_grad_of_jit_agree():
     data = make_inputs((4, 5), seed=16)
     logits, probs, cw = (jnp.asarray(data[k]) for k in ("logits", "probs", "class_weights"))
 
@@ -552,7 +557,8 @@ def test_jit_vmap_and_grad_of_jit_agree_with_eager():
         return jwxent.softmax_focal_loss(z, q, class_weights=cw, reduction="weighted_mean")
 
     jitted = jax.jit(f)
-    assert_close(jitted(logits, probs, cw), f(logits, probs, cw), np.float32)
+    expected = ref.softmax_focal_loss(logits, probs, class_weights=cw, reduction="weighted_mean")
+    assert_close(jitted(logits, probs, cw), expected, np.float32, terms=4)
     rows = jax.jit(jax.vmap(f, in_axes=(0, 0, None)))(logits, probs, cw)
     assert_close(rows, [jitted(logits[i], probs[i], cw) for i in range(4)], np.float32)
     # vmap over class_weights too.

@@ -275,12 +275,12 @@ def _grads_against_twin(fn, twin, case_name, cases):
             )
 
 
-@pytest.mark.parametrize("case", list(BCE_CASES))
+@pytest.mark.parametrize("case", ["plain", "soft", "pos_weight", "label_smoothing", "everything"])
 def test_bce_gradients_match_autodiff(case):
     _grads_against_twin(jwxent.sigmoid_binary_cross_entropy, bce_twin, case, BCE_CASES)
 
 
-@pytest.mark.parametrize("case", list(FOCAL_CASES))
+@pytest.mark.parametrize("case", ["plain", "soft", "alpha", "gamma_0", "everything"])
 def test_focal_gradients_match_autodiff(case):
     _grads_against_twin(jwxent.sigmoid_focal_loss, focal_twin, case, FOCAL_CASES)
 
@@ -296,8 +296,7 @@ def test_bce_logits_gradient_is_the_closed_form():
     assert_close(grad, (1.0 + (c64 - 1.0) * y64) * s - c64 * y64, np.float32)
 
 
-@pytest.mark.parametrize("order", [1, 2])
-def test_check_grads_bce(order):
+def test_check_grads_bce():
     with jax.enable_x64(True):
         data = make_inputs((3, 4), seed=9, dtype=np.float64)
         w = jnp.asarray(data["weights"])
@@ -309,10 +308,10 @@ def test_check_grads_bce(order):
             return loss
 
         args = tuple(jnp.asarray(data[k]) for k in ("logits", "soft_labels", "pos_weight"))
-        check_grads(jax.jit(f), args, order=order, modes=["rev"])
+        check_grads(jax.jit(f), args, order=2, modes=["rev"])  # Checks order 1 too.
 
 
-@pytest.mark.parametrize(("order", "gamma"), [(1, 0.0), (1, 0.5), (2, 0.5), (2, 2.0)])
+@pytest.mark.parametrize(("order", "gamma"), [(1, 0.0), (2, 0.5), (2, 2.0)])
 def test_check_grads_focal(order, gamma):
     with jax.enable_x64(True):
         data = make_inputs((2, 3), seed=10, dtype=np.float64)
@@ -464,7 +463,7 @@ def test_fully_masked_gives_zero_loss_and_gradient(reduction):
 # ---------------------------------------------------------------------------
 
 
-def test_jit_vmap_and_grad_of_jit_agree_with_eager():
+def test_jit_vmap_and_grad_of_jit_agree():
     data = make_inputs((4, 5), seed=16)
     x, y, c, w = (jnp.asarray(data[k]) for k in ("logits", "soft_labels", "pos_weight", "weights"))
 
@@ -474,7 +473,10 @@ def test_jit_vmap_and_grad_of_jit_agree_with_eager():
         )
 
     jitted = jax.jit(f)
-    assert_close(jitted(x, y, w), f(x, y, w), np.float32)
+    expected = ref.sigmoid_binary_cross_entropy(
+        x, y, pos_weight=c, weights=w, reduction="weighted_mean"
+    )
+    assert_close(jitted(x, y, w), expected, np.float32, terms=20)
     rows = jax.jit(jax.vmap(f))(x, y, w)
     assert_close(rows, [jitted(x[i], y[i], w[i]) for i in range(4)], np.float32)
     assert_close(jax.grad(jitted)(x, y, w), jax.jit(jax.grad(f))(x, y, w), np.float32)
