@@ -333,7 +333,7 @@ def test_check_grads_probability_labels(order, gamma):
 @pytest.mark.parametrize(("order", "label_smoothing"), [(2, 0.0), (2, 0.2)])
 def test_check_grads_integer_labels(order, label_smoothing):
     with jax.enable_x64(True):
-        data = make_inputs((3, 4), seed=9, dtype=np.float64)
+        data = make_inputs((2, 3), seed=9, dtype=np.float64)
         labels = jnp.asarray(data["labels"])
 
         def f(logits, class_weights, weights):
@@ -468,7 +468,7 @@ EXTREME_CASES = {
 
 
 @pytest.mark.parametrize("case", list(EXTREME_CASES))
-@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
 def test_extreme_logits_are_finite(gamma, case):
     fn, labels, kwargs = EXTREME_CASES[case]
     reference = getattr(ref, fn.__name__)
