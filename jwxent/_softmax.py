@@ -80,7 +80,9 @@ def _softmax(z: Array, lse: Array, class_mask: Array | None) -> Array:
 
 def _label_hits(z: Array, labels: Array) -> Array:
     """Bool `[..., C]`: True at each row's label. An iota compare, not a gather."""
-    classes = lax.broadcasted_iota(labels.dtype, z.shape, z.ndim - 1)
+    # Laid out like the logits, so the compare needs no resharding.
+    sharding = jax.typeof(z).sharding
+    classes = lax.broadcasted_iota(labels.dtype, z.shape, z.ndim - 1, out_sharding=sharding)
     return classes == labels[..., None]
 
 
@@ -115,8 +117,23 @@ def _label_logit(logits: Array, labels: Array) -> Array:
 
 
 def _take_label(x: Array, labels: Array) -> Array:
+    """`x[..., label]` per row: a gather, or a masked row sum over a sharded class axis.
+
+    When the class axis is sharded in the array's type (explicit mesh axes) a
+    gather cannot be placed without gathering the classes; the masked sum adds
+    one value to zeros, so it is exact in any dtype, and only `[batch]` partial
+    sums cross devices.
+    """
+    if _class_axis_is_sharded(x):
+        hits = _label_hits(x, labels)
+        return jnp.sum(jnp.where(hits, x, jnp.zeros_like(x)), axis=-1, dtype=x.dtype)
     index = labels[..., None].astype(jnp.int32)
     return jnp.take_along_axis(x, index, axis=-1, mode="promise_in_bounds")[..., 0]
+
+
+def _class_axis_is_sharded(x: Array) -> bool:
+    spec: tuple = tuple(getattr(jax.typeof(x).sharding, "spec", ()))
+    return len(spec) == x.ndim and spec[-1] is not None
 
 
 @_label_logit.defjvp
@@ -136,7 +153,7 @@ def _target_dot(logits: Array, targets: Array, dtype: jnp.dtype) -> Array:
     `[C]` targets: a matrix-vector product, several times faster, which gives
     NaN for `0·(-inf)`; only then is the row sum above computed instead.
     """
-    if targets.ndim > 1:
+    if targets.ndim > 1 or _class_axis_is_sharded(logits):
         return _clamped_dot(logits, targets.astype(dtype))
     vector = targets.astype(dtype)
     fast = _matvec(logits, vector)

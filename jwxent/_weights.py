@@ -21,7 +21,7 @@ def gather_class_weights(class_weights: Array, labels: Array) -> Array:
     Returns:
       An array of `labels.shape` and `class_weights.dtype`.
     """
-    return jnp.take(class_weights, labels, axis=0, mode="clip")
+    return _take(class_weights, labels)
 
 
 def cost_matrix_weights(cost_matrix: Array, labels: Array, logits: Array) -> Array:
@@ -42,7 +42,16 @@ def cost_matrix_weights(cost_matrix: Array, labels: Array, logits: Array) -> Arr
     predicted = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
     num_classes = cost_matrix.shape[0]
     flat_index = labels * num_classes + predicted.astype(labels.dtype)
-    return jnp.take(cost_matrix.reshape(-1), flat_index, axis=0, mode="clip")
+    return _take(cost_matrix.reshape(-1), flat_index)
+
+
+def _take(table: Array, index: Array) -> Array:
+    """`table[index]` laid out like `index`, also under explicitly sharded meshes.
+
+    Naming the output sharding lets sharding-in-types place the gather (a plain
+    `jnp.take` is rejected there); without a mesh it is an ordinary gather.
+    """
+    return table.at[index].get(mode="clip", out_sharding=jax.typeof(index).sharding)
 
 
 # ---------------------------------------------------------------------------

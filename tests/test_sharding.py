@@ -35,28 +35,6 @@ CLASS_SIZES = {
     worker.CHUNK // 4,
 }
 
-_GATHER = (
-    "`_weights.gather_class_weights` (and `cost_matrix_weights`) use `jnp.take`, "
-    "which sharding in types cannot place; "
-    "`class_weights.at[labels].get(mode='clip', out_sharding=<labels' sharding>)` "
-    "under Explicit axes fixes it without collectives."
-)
-_BROADCAST = (
-    "`categorical_cross_entropy` builds `jnp.broadcast_to(class_weights, q.shape)`, "
-    "a replicated [batch, classes] array whose cotangent is all-gathered; "
-    "`class_weights.reshape(1, -1)` (broadcast in the product) avoids it."
-)
-
-# Known failures, by (case id, mode), in code outside this test; the reason says
-# what to change. The test fails both on a new failure and on a fixed one
-# (remove its entry then).
-KNOWN_FAILURES = {
-    ("softmax_cross_entropy_with_integer_labels", "explicit"): _GATHER,
-    ("softmax_cross_entropy_with_integer_labels:cost_matrix", "explicit"): _GATHER,
-    ("softmax_focal_loss_with_integer_labels", "explicit"): _GATHER,
-    ("categorical_cross_entropy", "explicit"): _BROADCAST,
-}
-
 
 def _run_worker(output: Path) -> dict:
     # Fast, unoptimised CPU code generation: this test checks layouts, not speed.
@@ -121,11 +99,7 @@ def test_sharded_losses_match_one_device_and_never_gather_classes(tmp_path):
             for layout in worker.LAYOUTS:
                 for problem in _problems(runs[f"{mode}/{layout}"], runs["one_device"]):
                     report.setdefault((case_id, mode), []).append(f"{layout}: {problem}")
-    known = {key for key in KNOWN_FAILURES if key[0] in exported}
-    new = sorted(set(report) - known)
-    assert not new, "\n".join(f"{key}: {line}" for key in new for line in report[key])
-    fixed = sorted(known - set(report))
-    assert not fixed, f"now passing, remove from KNOWN_FAILURES: {fixed}"
+    assert not report, "\n".join(f"{key}: {line}" for key in report for line in report[key])
 
 
 def test_all_gather_shapes_are_parsed():
