@@ -382,7 +382,9 @@ def cost_matrix_from_class_weights(
     $$
 
     `by="label"` gives the same loss as `class_weights=c` (useful to combine
-    it with other costs); `by="prediction"` weights each example by the weight
+    it with other costs) without label smoothing; with smoothing they differ, as
+    class weights act inside the smoothed sum over classes (PyTorch) while a
+    cost multiplies the whole example. `by="prediction"` weights each example by the weight
     of the class the model predicts, e.g. to penalise false alarms of a class.
     Multiply such matrices elementwise to combine them.
 

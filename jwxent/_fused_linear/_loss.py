@@ -245,7 +245,7 @@ def linear_softmax_cross_entropy(
       Reverse mode only: `jax.jvp` / `jax.jacfwd` are not supported. Under
       `jit` with `w` sharded along the vocabulary (with `chunk_size` a
       multiple of the number of shards that divides `vocab`), only `[tokens]`
-      vectors cross devices; see [Scaling](../scaling.md).
+      vectors cross devices; see the Scaling page of the docs.
 
     References:
       Wijmans et al., *Cut Your Losses in Large-Vocabulary Language Models*,
