@@ -170,3 +170,21 @@ def check_nonnegative_values(x: Array, name: str) -> None:
     if negative.any():
         position = tuple(int(i) for i in np.argwhere(negative)[0])
         raise ValueError(f"`{name}` must be >= 0; got {values[position]} at index {position}.")
+
+
+def static_gamma(gamma: float) -> float:
+    """`gamma` as a Python float: `TypeError` if it is traced, `ValueError` if < 0."""
+    try:
+        value = float(gamma)
+    except TypeError:
+        raise TypeError(
+            f"`gamma` must be a Python number (it is static under jit); got {type(gamma)}."
+        ) from None
+    check_nonnegative(value, "gamma")
+    return value
+
+
+def check_clip_epsilon(epsilon: float) -> None:
+    """`ValueError` unless `0 <= epsilon < 0.5`, so that the clip range is not empty."""
+    if not 0.0 <= epsilon < 0.5:
+        raise ValueError(f"`epsilon` must be in [0, 0.5); got {epsilon}.")

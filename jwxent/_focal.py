@@ -28,7 +28,7 @@ from typing import cast
 import jax
 import jax.numpy as jnp
 
-from jwxent import _checks, _reduction, _weights
+from jwxent import _checks, _reduction
 from jwxent._softmax import (
     PreparedLogits,
     _class_weights,
@@ -38,21 +38,9 @@ from jwxent._softmax import (
     _softmax,
     _sum_to_shape,
     logit_stats,
+    prepare_integer_labels,
 )
 from jwxent._typing import Array, ArrayLike, Axis, Reduction
-
-
-def static_gamma(gamma: float) -> float:
-    """`gamma` as a Python float: `TypeError` if it is traced, `ValueError` if < 0."""
-    try:
-        value = float(gamma)
-    except TypeError:
-        raise TypeError(
-            f"`gamma` must be a Python number (it is static under jit); got {type(gamma)}."
-        ) from None
-    _checks.check_nonnegative(value, "gamma")
-    return value
-
 
 # ---------------------------------------------------------------------------
 # The focal term h(log p) = −(1 − p)^γ · log p.
@@ -169,7 +157,7 @@ _focal_sum.defvjp(_focal_sum_fwd, _focal_sum_bwd)
 def _check_options(gamma: float, label_smoothing: float, reduction: str) -> float:
     _checks.check_label_smoothing(label_smoothing)
     _checks.check_reduction(reduction)
-    return static_gamma(gamma)
+    return _checks.static_gamma(gamma)
 
 
 def _reduce(
@@ -356,23 +344,18 @@ def softmax_focal_loss_with_integer_labels(
       Lin et al., *Focal Loss for Dense Object Detection*, ICCV 2017.
     """
     gamma = _check_options(gamma, label_smoothing, reduction)
-    prepared = PreparedLogits(logits, axis, where)
-    labels = jnp.asarray(labels)
-    _checks.check_integer(labels, "labels")
-    _checks.check_shape(labels, prepared.batch_shape, "labels", "the logits' batch shape")
-    if label_smoothing and prepared.logit_mask is not None:
-        raise ValueError("`label_smoothing` cannot be combined with a logits-shaped `where`.")
-    num_classes = prepared.num_classes
-    cw = _class_weights(class_weights, prepared)
-    mask = _reduction.combine_masks(
-        prepared.row_mask,
-        _reduction.example_mask(prepared.batch_shape, labels=labels, ignore_index=ignore_index),
+    inputs = prepare_integer_labels(
+        logits,
+        labels,
+        axis=axis,
+        where=where,
+        class_weights=class_weights,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
     )
-    _checks.check_labels_in_range(labels, num_classes, mask)
-    in_range = (labels >= 0) & (labels < num_classes)
-    safe_labels = jnp.where(in_range if mask is None else in_range & mask, labels, 0)
-    z, class_mask = prepared.masked_inputs(mask)
-    label_weight = None if cw is None else _weights.gather_class_weights(cw, safe_labels)
+    prepared, safe_labels, mask, z = inputs.prepared, inputs.labels, inputs.mask, inputs.logits
+    num_classes, cw, class_mask = prepared.num_classes, inputs.class_weights, inputs.class_mask
+    label_weight = inputs.label_weight
 
     if label_smoothing:
         ones = jnp.ones(prepared.batch_shape, prepared.dtype)
@@ -384,7 +367,7 @@ def softmax_focal_loss_with_integer_labels(
         lse, picked, _, _ = logit_stats(z, class_mask, labels=safe_labels)
         loss = _reduction.scale(_modulated_nll(picked - lse, gamma), label_weight)
     # Out-of-range labels under jit: NaN for that example, never a clamped value.
-    loss = jnp.where(in_range if mask is None else in_range | ~mask, loss, jnp.nan)
+    loss = jnp.where(inputs.valid, loss, jnp.nan)
     return _reduce(
         loss, prepared, weights=weights, label_weight=label_weight, mask=mask, reduction=reduction
     )

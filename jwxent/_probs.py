@@ -32,12 +32,6 @@ from jwxent._softmax import compute_dtype
 from jwxent._typing import Array, ArrayLike, Reduction
 
 
-def _check_epsilon(epsilon: float) -> None:
-    """`ValueError` unless `0 <= epsilon < 0.5`, so that the clip range is not empty."""
-    if not 0.0 <= epsilon < 0.5:
-        raise ValueError(f"`epsilon` must be in [0, 0.5); got {epsilon}.")
-
-
 def _probabilities(probs: ArrayLike, axis: int) -> Array:
     """`probs` validated, with `axis` moved last."""
     probs = jnp.asarray(probs)
@@ -166,7 +160,7 @@ def categorical_cross_entropy(
     """
     _checks.check_label_smoothing(label_smoothing)
     _checks.check_reduction(reduction)
-    _check_epsilon(epsilon)
+    _checks.check_clip_epsilon(epsilon)
     probs = jnp.asarray(probs)
     p = _probabilities(probs, axis)
     dtype = compute_dtype(p.dtype)
@@ -267,7 +261,7 @@ def binary_cross_entropy(
     """
     _checks.check_label_smoothing(label_smoothing)
     _checks.check_reduction(reduction)
-    _check_epsilon(epsilon)
+    _checks.check_clip_epsilon(epsilon)
     p = _probabilities(probs, -1)
     dtype = compute_dtype(p.dtype)
     y = _companion(labels, p.shape, -1, "labels", dtype)

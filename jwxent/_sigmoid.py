@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jwxent import _checks, _reduction
-from jwxent._focal import static_gamma
 from jwxent._softmax import compute_dtype
 from jwxent._typing import Array, ArrayLike, Reduction
 
@@ -374,7 +373,7 @@ def sigmoid_focal_loss(
     References:
       Lin et al., *Focal Loss for Dense Object Detection*, ICCV 2017.
     """
-    gamma = static_gamma(gamma)
+    gamma = _checks.static_gamma(gamma)
     _checks.check_reduction(reduction)
     x, y = _elementwise_inputs(logits, labels)
     mask = _reduction.example_mask(x.shape, where=where)

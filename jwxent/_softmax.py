@@ -18,7 +18,7 @@ JAX, so autodiff gives the cotangents of those arguments for free.
 """
 
 import functools
-from typing import cast
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -367,6 +367,69 @@ def _class_weights(class_weights: ArrayLike | None, prepared: PreparedLogits) ->
     return class_weights.astype(prepared.dtype)
 
 
+class IntegerLabels(NamedTuple):
+    """Integer labels checked, masked and made safe, with the logits to match.
+
+    Attributes:
+      prepared: the logits with the class axis last and the `where` masks.
+      labels: `[*batch]` labels, 0 where masked or out of range (safe to pick).
+      valid: bool `[*batch]`, False where an unmasked label is out of range
+        (under `jit`; eager calls raise instead): the loss there is NaN.
+      mask: bool `[*batch]` of the examples that count, or None.
+      logits, class_mask: the core's inputs, masked rows neutralised.
+      class_weights: `[C]` in the compute dtype, or None.
+      label_weight: `class_weights[labels]`, or None.
+    """
+
+    prepared: PreparedLogits
+    labels: Array
+    valid: Array
+    mask: Array | None
+    logits: Array
+    class_mask: Array | None
+    class_weights: Array | None
+    label_weight: Array | None
+
+
+def prepare_integer_labels(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: Axis,
+    where: ArrayLike | None,
+    class_weights: ArrayLike | None,
+    ignore_index: int | None,
+    label_smoothing: float,
+) -> IntegerLabels:
+    """Validation and masking shared by every integer-label softmax loss."""
+    prepared = PreparedLogits(logits, axis, where)
+    labels = jnp.asarray(labels)
+    _checks.check_integer(labels, "labels")
+    _checks.check_shape(labels, prepared.batch_shape, "labels", "the logits' batch shape")
+    if label_smoothing and prepared.logit_mask is not None:
+        raise ValueError("`label_smoothing` cannot be combined with a logits-shaped `where`.")
+    num_classes = prepared.num_classes
+    cw = _class_weights(class_weights, prepared)
+    mask = _reduction.combine_masks(
+        prepared.row_mask,
+        _reduction.example_mask(prepared.batch_shape, labels=labels, ignore_index=ignore_index),
+    )
+    _checks.check_labels_in_range(labels, num_classes, mask)
+    in_range = (labels >= 0) & (labels < num_classes)
+    safe_labels = jnp.where(in_range if mask is None else in_range & mask, labels, 0)
+    z, class_mask = prepared.masked_inputs(mask)
+    return IntegerLabels(
+        prepared=prepared,
+        labels=safe_labels,
+        valid=in_range if mask is None else in_range | ~mask,
+        mask=mask,
+        logits=z,
+        class_mask=class_mask,
+        class_weights=cw,
+        label_weight=None if cw is None else _weights.gather_class_weights(cw, safe_labels),
+    )
+
+
 # ---------------------------------------------------------------------------
 # Integer labels.
 # ---------------------------------------------------------------------------
@@ -388,30 +451,25 @@ def _integer_label_loss(
 ) -> Array:
     """Implementation of `softmax_cross_entropy_with_integer_labels`."""
     _check_options(label_smoothing, z_loss, reduction)
-    prepared = PreparedLogits(logits, axis, where)
-    labels = jnp.asarray(labels)
-    _checks.check_integer(labels, "labels")
-    _checks.check_shape(labels, prepared.batch_shape, "labels", "the logits' batch shape")
-    if label_smoothing and prepared.logit_mask is not None:
-        raise ValueError("`label_smoothing` cannot be combined with a logits-shaped `where`.")
-    num_classes = prepared.num_classes
-    cw = _class_weights(class_weights, prepared)
-    mask = _reduction.combine_masks(
-        prepared.row_mask,
-        _reduction.example_mask(prepared.batch_shape, labels=labels, ignore_index=ignore_index),
+    inputs = prepare_integer_labels(
+        logits,
+        labels,
+        axis=axis,
+        where=where,
+        class_weights=class_weights,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
     )
-    _checks.check_labels_in_range(labels, num_classes, mask)
-    in_range = (labels >= 0) & (labels < num_classes)
-    safe_labels = jnp.where(in_range if mask is None else in_range & mask, labels, 0)
-    z, class_mask = prepared.masked_inputs(mask)
+    prepared, safe_labels, mask, z = inputs.prepared, inputs.labels, inputs.mask, inputs.logits
+    num_classes, cw, class_mask = prepared.num_classes, inputs.class_weights, inputs.class_mask
     smoothing_targets = None
     if label_smoothing:
         smoothing_targets = cw if cw is not None else jnp.ones(num_classes, prepared.dtype)
 
     lse, picked, dot, _ = logit_stats(z, class_mask, labels=safe_labels, targets=smoothing_targets)
     # Out-of-range labels under jit: NaN for that example, never a clamped value.
-    nll = jnp.where(in_range if mask is None else in_range | ~mask, lse - picked, jnp.nan)
-    label_weight = None if cw is None else _weights.gather_class_weights(cw, safe_labels)
+    nll = jnp.where(inputs.valid, lse - picked, jnp.nan)
+    label_weight = inputs.label_weight
     loss = _reduction.scale(nll, label_weight)
     if smoothing_targets is not None:
         smooth = lse * jnp.sum(smoothing_targets) - dot
