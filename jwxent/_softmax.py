@@ -63,11 +63,40 @@ def _logsumexp(z: Array, class_mask: Array | None) -> Array:
     row_max = jnp.max(z, axis=-1)
     # A row of -inf has max -inf; shift by 0 instead so the result is -inf, not NaN.
     row_max = jnp.where(jnp.isfinite(row_max), row_max, jnp.zeros_like(row_max)).astype(dtype)
-    total = jnp.sum(jnp.exp(z.astype(dtype) - row_max[..., None]), axis=-1)
+    total = _sum_exp(z, row_max)
     # A no-op (`total` is >= 0 or NaN) that keeps XLA:CPU from fusing the log
     # into its library row reduction, where it makes the reduction ~4x slower.
     total = jnp.where(total >= 0, total, jnp.nan)
     return jnp.log(total) + row_max
+
+
+# XLA:CPU's library row reduction runs ~4x slower per element on rows longer
+# than about this many elements (measured: 32768 fast, 64000 slow).
+_ROW_PIECE = 32768
+
+
+def _sum_exp(z: Array, shift: Array) -> Array:
+    """`Σ_k exp(z_k - shift)` per row, accumulated in `shift.dtype`.
+
+    Rows longer than `_ROW_PIECE` are summed as a few equal pieces, then the
+    pieces. The barriers keep XLA from merging the two sums back into one
+    (and from moving the convert in front of the reshape, which would give
+    the library reduction the long rows again).
+    """
+    pieces = _row_pieces(z.shape[-1])
+    if pieces == 1:
+        return jnp.sum(jnp.exp(z.astype(shift.dtype) - shift[..., None]), axis=-1)
+    split, shift = lax.optimization_barrier((z.reshape(*z.shape[:-1], pieces, -1), shift))
+    partial = jnp.sum(jnp.exp(split.astype(shift.dtype) - shift[..., None, None]), axis=-1)
+    return jnp.sum(lax.optimization_barrier(partial), axis=-1)
+
+
+def _row_pieces(num_classes: int) -> int:
+    """The fewest equal pieces, at most 64, of at most `_ROW_PIECE` classes (else 1)."""
+    for pieces in range(1, 65):
+        if num_classes % pieces == 0 and num_classes // pieces <= _ROW_PIECE:
+            return pieces
+    return 1
 
 
 def _softmax(z: Array, lse: Array, class_mask: Array | None) -> Array:
@@ -183,6 +212,35 @@ def _matvec(logits: Array, vector: Array) -> Array:
     return parts[..., 0] + parts[..., 1]
 
 
+def _logsumexp_by_label(logits: Array, label_logit: Array) -> Array:
+    """`_logsumexp(logits, None)` in one pass over the logits instead of two.
+
+    Shifting by the row's own label logit instead of its max needs no max pass:
+    the sum of `exp(z - z_label)` is at least 1 (its label term), so it cannot
+    underflow, and it only overflows when some logit exceeds the label's by
+    more than ~88 (float32). Then, or with non-finite logits, the whole batch
+    takes the max-shifted path.
+    """
+    total = _sum_exp(logits, label_logit)
+    lse = jnp.log(jnp.where(total >= 0, total, jnp.nan)) + label_logit
+    return lax.cond(jnp.all(jnp.isfinite(lse)), lambda: lse, lambda: _logsumexp(logits, None))
+
+
+def _at_labels(x: Array, labels: Array) -> Array:
+    """`x[..., label]` per row of a `[..., C]` array (or a `[1, ..., 1, C]` row)."""
+    if all(size == 1 for size in x.shape[:-1]):
+        return x.reshape(-1)[labels]
+    return jnp.take_along_axis(x, labels[..., None], axis=-1, mode="promise_in_bounds")[..., 0]
+
+
+def _set_at_labels(x: Array, labels: Array, values: Array) -> Array:
+    """`x` with `x[..., label] = values` in each row, by one in-place scatter."""
+    rows = x.reshape(-1, x.shape[-1])
+    index = jnp.arange(rows.shape[0])
+    rows = rows.at[index, labels.reshape(-1)].set(values.reshape(-1), mode="promise_in_bounds")
+    return rows.reshape(x.shape)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _logit_stats(
     with_prob_dot: bool,
@@ -212,10 +270,13 @@ def _logit_stats_fwd(with_prob_dot, logits, class_mask, labels, targets):
     zeros = jnp.zeros(logits.shape[:-1], dtype)
     # Each pass reads the logits in their own dtype and converts inside its
     # fusion; none of them writes a logits-shaped array.
-    lse = _logsumexp(logits, class_mask)
     picked = zeros
     if labels is not None:
         picked = _label_logit(logits, labels).astype(dtype)
+    if labels is not None and class_mask is None:
+        lse = _logsumexp_by_label(logits, picked)
+    else:
+        lse = _logsumexp(logits, class_mask)
     dot = prob_dot = zeros
     if targets is not None:
         dot = _target_dot(_separate(logits, lse), targets, dtype)
@@ -232,19 +293,39 @@ def _logit_stats_bwd(with_prob_dot, residuals, cotangents):
     logits, class_mask, labels, targets, lse, prob_dot = residuals
     g_lse, g_picked, g_dot, g_prob = cotangents
     dtype = lse.dtype
-    # One fused elementwise pass: read the logits, write their gradient.
+    t = None if targets is None else _rows(targets.astype(dtype), logits.ndim)
+
+    def dense(z, mask, t):
+        """Every term of the gradient but the label's `g_picked·onehot(label)`."""
+        probs = _softmax(z, lse, mask)
+        d = g_lse[..., None] * probs
+        if t is not None:
+            d = d + g_dot[..., None] * t
+            if with_prob_dot:
+                d = d + g_prob[..., None] * probs * (t - prob_dot[..., None])
+        return d, probs
+
+    # One fused elementwise pass reads the logits and writes their gradient.
     z = _separate(logits, g_lse)
-    probs = _softmax(z, lse, class_mask)
-    d_logits = g_lse[..., None] * probs
-    if labels is not None:
-        d_logits = d_logits + jnp.where(_label_hits(z, labels), g_picked[..., None], 0.0)
+    d_logits, probs = dense(z, class_mask, t)
+    if labels is not None and logits.dtype == dtype:
+        # The label term touches one element per row: a scatter (in place)
+        # after the pass is cheaper than an iota compare at every element.
+        at_label = dense(
+            _label_logit(logits, labels)[..., None],
+            None if class_mask is None else _at_labels(class_mask, labels)[..., None],
+            None if t is None else _at_labels(t, labels)[..., None],
+        )[0][..., 0]
+        d_logits = _set_at_labels(d_logits, labels, at_label + g_picked)
+    elif labels is not None:
+        # XLA:CPU computes a half-precision scatter in float32, through a
+        # float32 copy of the gradient; the compare stays in the fused pass.
+        hits = _label_hits(z, labels)
+        d_logits = d_logits + jnp.where(hits, g_picked[..., None], jnp.zeros_like(d_logits))
     d_targets = None
-    if targets is not None:
-        t = _rows(targets.astype(dtype), z.ndim)
-        d_logits = d_logits + g_dot[..., None] * t
+    if t is not None and targets is not None:
         d_t = g_dot[..., None] * _finite_or_zero(z).astype(dtype)
         if with_prob_dot:
-            d_logits = d_logits + g_prob[..., None] * probs * (t - prob_dot[..., None])
             d_t = d_t + g_prob[..., None] * probs
         d_targets = _sum_to_shape(d_t, targets.shape).astype(targets.dtype)
     return d_logits.astype(logits.dtype), None, None, d_targets

@@ -1,0 +1,26 @@
+"""The benchmark runs end to end at the tiny smoke size (no time thresholds)."""
+
+import math
+
+import jax
+
+from benchmarks import render, run
+from benchmarks.harness import read_jsonl
+
+
+def test_tiny_benchmark_writes_complete_records(tmp_path):
+    out = tmp_path / "tiny.jsonl"
+    # The baselines are written as users write them, with implicit promotion.
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        assert run.main(["--sizes", "tiny", "--out", str(out), "--repeats", "2"]) == 0
+    records = read_jsonl(out)
+    cases = {record["case"] for record in records}
+    assert {"int/jwxent/vg", "int/optax/vg", "floor/reduce/fwd", "floor/write/fwd"} <= cases
+    for record in records:
+        for field in ("device", "jax", "jaxlib", "git_sha", "date", "shape", "dtype"):
+            assert field in record, field
+        assert math.isfinite(record["median_s"]) and record["median_s"] > 0
+        assert record["min_s"] <= record["median_s"] <= record["p90_s"]
+        assert record["temp_bytes"] >= 0
+    table = render.render(records)
+    assert table.count("\n") >= 2 and "| int |" in table
