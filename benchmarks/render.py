@@ -1,6 +1,6 @@
 """Renders benchmark JSON lines as the Markdown table of `docs/benchmarks.md`.
 
-    python -m benchmarks.render benchmarks/results/cpu-amd-epyc.jsonl
+    python -m benchmarks.render benchmarks/results/cpu-amd-epyc.jsonl [--plot docs/img/benchmarks.png]
 
 For each shape, dtype and loss: the median time of jwxent's `value_and_grad`
 and its ratio to optax with the same weighting and to the floor (one reducing
@@ -43,10 +43,46 @@ def render(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(records: list[dict], path: str) -> None:
+    """Bar charts of jwxent's time ratio to optax and of both temp memories."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for (shape, dtype), cases in _index(records).items():
+        ours, theirs = cases.get("int/jwxent/vg"), cases.get("int/optax/vg")
+        if ours and theirs:
+            rows.append((f"{shape}\n{dtype}", ours, theirs))
+    labels = [r[0] for r in rows]
+    positions = range(len(rows))
+    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    time_ax.bar(positions, [o["median_s"] / t["median_s"] for _, o, t in rows])
+    time_ax.axhline(1.0, color="black", linewidth=0.8)
+    time_ax.set(title="value_and_grad time, jwxent / optax", xticks=list(positions))
+    time_ax.set_xticklabels(labels, fontsize=7)
+    width = 0.4
+    memory_ax.bar([p - width / 2 for p in positions], [o["temp_bytes"] for _, o, _ in rows], width)
+    memory_ax.bar([p + width / 2 for p in positions], [t["temp_bytes"] for _, _, t in rows], width)
+    memory_ax.set(title="temp bytes (log)", yscale="log", xticks=list(positions))
+    memory_ax.set_xticklabels(labels, fontsize=7)
+    memory_ax.legend(["jwxent", "optax"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
-    paths = sys.argv[1:] if argv is None else argv
-    records = [r for path in paths for r in read_jsonl(path)]
+    args = sys.argv[1:] if argv is None else list(argv)
+    plot_path = None
+    if "--plot" in args:
+        at = args.index("--plot")
+        plot_path = args[at + 1]
+        del args[at : at + 2]
+    records = [r for path in args for r in read_jsonl(path)]
     print(render(records))
+    if plot_path:
+        plot(records, plot_path)
     return 0
 
 

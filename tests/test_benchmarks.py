@@ -24,3 +24,5 @@ def test_tiny_benchmark_writes_complete_records(tmp_path):
         assert record["temp_bytes"] >= 0
     table = render.render(records)
     assert table.count("\n") >= 2 and "| int |" in table
+    render.plot(records, str(tmp_path / "plot.png"))
+    assert (tmp_path / "plot.png").stat().st_size > 0
