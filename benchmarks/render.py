@@ -1,6 +1,6 @@
 """Renders benchmark JSON lines as the Markdown table of `docs/benchmarks.md`.
 
-    python -m benchmarks.render benchmarks/results/cpu-amd-epyc.jsonl [--plot docs/img/benchmarks.png]
+    python -m benchmarks.render benchmarks/results/cpu.jsonl --plot docs/img/benchmarks.png
 
 For each shape, dtype and loss: the median time of jwxent's `value_and_grad`
 and its ratio to optax with the same weighting and to the floor (one reducing
