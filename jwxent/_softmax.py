@@ -233,6 +233,12 @@ def _at_labels(x: Array, labels: Array) -> Array:
     return jnp.take_along_axis(x, labels[..., None], axis=-1, mode="promise_in_bounds")[..., 0]
 
 
+def _explicitly_sharded(x: Array) -> bool:
+    """Whether the type of `x` names mesh axes (sharding in types)."""
+    spec = tuple(getattr(jax.typeof(x).sharding, "spec", ()))
+    return any(axis is not None for axis in spec)
+
+
 def _set_at_labels(x: Array, labels: Array, values: Array) -> Array:
     """`x` with `x[..., label] = values` in each row, by one in-place scatter."""
     rows = x.reshape(-1, x.shape[-1])
@@ -308,7 +314,7 @@ def _logit_stats_bwd(with_prob_dot, residuals, cotangents):
     # One fused elementwise pass reads the logits and writes their gradient.
     z = _separate(logits, g_lse)
     d_logits, probs = dense(z, class_mask, t)
-    if labels is not None and logits.dtype == dtype:
+    if labels is not None and logits.dtype == dtype and not _explicitly_sharded(logits):
         # The label term touches one element per row: a scatter (in place)
         # after the pass is cheaper than an iota compare at every element.
         at_label = dense(
@@ -319,7 +325,8 @@ def _logit_stats_bwd(with_prob_dot, residuals, cotangents):
         d_logits = _set_at_labels(d_logits, labels, at_label + g_picked)
     elif labels is not None:
         # XLA:CPU computes a half-precision scatter in float32, through a
-        # float32 copy of the gradient; the compare stays in the fused pass.
+        # float32 copy of the gradient, and sharding in types cannot place the
+        # scatter: there the compare stays in the fused pass.
         hits = _label_hits(z, labels)
         d_logits = d_logits + jnp.where(hits, g_picked[..., None], jnp.zeros_like(d_logits))
     d_targets = None
