@@ -173,7 +173,7 @@ def run(
     dtypes: Iterable[str] = tuple(DTYPES),
     *,
     losses: Iterable[str] = LOSSES,
-    repeats: int = 5,
+    repeats: int = 3,
     warmup: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> list[harness.Record]:

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", default=["full"], help="shape names or tags")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--losses", nargs="+", default=list(bench_softmax.LOSSES))
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per case")
     args = parser.parse_args(argv)
 

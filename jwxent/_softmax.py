@@ -174,22 +174,28 @@ def _label_logit_jvp(primals, tangents):
 def _target_dot(logits: Array, targets: Array, dtype: jnp.dtype) -> Array:
     """`Σ_k t_k z_k` per row in `dtype`, with `0·(-inf) = 0`.
 
-    `[..., C]` targets: a row sum of `t·max(z, floor(t))`, where the floor is
-    -inf for `t > 0` (so `t·(-inf)` stays -inf) and the lowest finite value
-    for `t = 0` (so `0·(-inf)` becomes 0). It uses only arithmetic that XLA:CPU
-    fuses into its row reduction; a `where` there would write the product out.
+    `[..., C]` targets: `_clamped_dot`, into which XLA fuses the computation
+    of the targets (a `cond` would need them written out first).
 
-    `[C]` targets: a matrix-vector product, several times faster, which gives
-    NaN for `0·(-inf)`; only then is the row sum above computed instead.
+    `[C]` targets: a matrix-vector product, several times faster than a row
+    sum with `t` broadcast along the row, which gives NaN for `0·(-inf)` (or
+    NaN logits); only then is `_clamped_dot` computed instead.
     """
-    if targets.ndim > 1 or _class_axis_is_sharded(logits):
-        return _clamped_dot(logits, targets.astype(dtype))
-    vector = targets.astype(dtype)
-    fast = _matvec(logits, vector)
-    return lax.cond(jnp.any(jnp.isnan(fast)), lambda: _clamped_dot(logits, vector), lambda: fast)
+    t = targets.astype(dtype)
+    if t.ndim > 1 or _class_axis_is_sharded(logits):
+        return _clamped_dot(logits, t)
+    fast = _matvec(logits, t)
+    return lax.cond(jnp.any(jnp.isnan(fast)), lambda: _clamped_dot(logits, t), lambda: fast)
 
 
 def _clamped_dot(logits: Array, targets: Array) -> Array:
+    """A row sum of `t·max(z, floor(t))`, exact with -inf logits.
+
+    The floor is -inf where `t > 0` (so `t·(-inf)` stays -inf) and the lowest
+    finite value where `t = 0` (so `0·(-inf)` becomes 0). It uses only
+    arithmetic that XLA:CPU fuses into its row reduction; a `where` there
+    would write the product out as a `[batch, classes]` array.
+    """
     dtype = targets.dtype
     floor = jnp.finfo(dtype).min / (1 - jnp.sign(targets))
     t = _rows(targets, logits.ndim)

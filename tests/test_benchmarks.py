@@ -23,6 +23,12 @@ def test_tiny_benchmark_writes_complete_records(tmp_path):
         assert record["min_s"] <= record["median_s"] <= record["p90_s"]
         assert record["temp_bytes"] >= 0
     table = render.render(records)
-    assert table.count("\n") >= 2 and "| int |" in table
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| tiny |")]
+    assert len(rows) == 2 * len(render.LOSSES)  # f32 and bf16
+    assert all(line.count("|") == table.splitlines()[0].count("|") for line in rows)
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# Results\n\n{render.START}\nold\n{render.END}\n\nAfter.\n")
+    render.write_into(doc, table)
+    assert doc.read_text() == f"# Results\n\n{render.START}\n{table}\n{render.END}\n\nAfter.\n"
     render.plot(records, str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").stat().st_size > 0
