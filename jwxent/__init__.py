@@ -1,31 +1,31 @@
-"""jwxent: class-weighted cross-entropy losses for JAX with custom-VJP gradients."""
+"""jwxent: class-weighted cross-entropy losses for JAX with hand-written derivative rules."""
 
 from jwxent._class_balance import ClassBalanceState as ClassBalanceState
 from jwxent._class_balance import class_balance_frequencies as class_balance_frequencies
 from jwxent._class_balance import class_balance_init as class_balance_init
 from jwxent._class_balance import class_balance_update as class_balance_update
 from jwxent._class_balance import class_balance_weights as class_balance_weights
-from jwxent._focal import softmax_focal_loss as softmax_focal_loss
-from jwxent._focal import (
-    softmax_focal_loss_with_integer_labels as softmax_focal_loss_with_integer_labels,
-)
+from jwxent._class_weights import class_counts as class_counts
+from jwxent._class_weights import class_weights_from_counts as class_weights_from_counts
+from jwxent._class_weights import cost_matrix_from_class_weights as cost_matrix_from_class_weights
+from jwxent._from_probs import binary_cross_entropy as binary_cross_entropy
+from jwxent._from_probs import categorical_cross_entropy as categorical_cross_entropy
 from jwxent._fused_linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
-from jwxent._probs import binary_cross_entropy as binary_cross_entropy
-from jwxent._probs import categorical_cross_entropy as categorical_cross_entropy
 from jwxent._sigmoid import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
 from jwxent._sigmoid import sigmoid_focal_loss as sigmoid_focal_loss
-from jwxent._softmax import poly_loss_cross_entropy as poly_loss_cross_entropy
-from jwxent._softmax import safe_softmax_cross_entropy as safe_softmax_cross_entropy
-from jwxent._softmax import softmax_cross_entropy as softmax_cross_entropy
-from jwxent._softmax import (
+from jwxent._softmax._focal import softmax_focal_loss as softmax_focal_loss
+from jwxent._softmax._focal import (
+    softmax_focal_loss_with_integer_labels as softmax_focal_loss_with_integer_labels,
+)
+from jwxent._softmax._losses import poly_loss_cross_entropy as poly_loss_cross_entropy
+from jwxent._softmax._losses import safe_softmax_cross_entropy as safe_softmax_cross_entropy
+from jwxent._softmax._losses import softmax_cross_entropy as softmax_cross_entropy
+from jwxent._softmax._losses import (
     softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
 )
 from jwxent._typing import Reduction as Reduction
-from jwxent._weights import class_counts as class_counts
-from jwxent._weights import class_weights_from_counts as class_weights_from_counts
-from jwxent._weights import cost_matrix_from_class_weights as cost_matrix_from_class_weights
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ClassBalanceState",

@@ -27,6 +27,16 @@ def check_integer(x: Array, name: str) -> None:
         raise TypeError(f"`{name}` must be an integer array of class indices, got dtype {x.dtype}.")
 
 
+def check_real(x: Array, name: str) -> None:
+    """Raises `TypeError` unless `x` has an integer or floating-point dtype (not bool)."""
+    if x.dtype == jnp.bool_ or not (
+        jnp.issubdtype(x.dtype, jnp.integer) or jnp.issubdtype(x.dtype, jnp.floating)
+    ):
+        raise TypeError(
+            f"`{name}` must be an integer or floating-point array, got dtype {x.dtype}."
+        )
+
+
 def check_reduction(reduction: str) -> None:
     """Raises `ValueError` for an unknown reduction, listing the valid ones."""
     if reduction not in REDUCTIONS:
@@ -35,16 +45,40 @@ def check_reduction(reduction: str) -> None:
         )
 
 
-def check_label_smoothing(label_smoothing: float) -> None:
-    """Raises `ValueError` unless `0 <= label_smoothing < 1`."""
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"`label_smoothing` must be in [0, 1); got {label_smoothing}.")
+def check_hyperparameter(
+    value: object, name: str, *, minimum: float = 0.0, below: float | None = None
+) -> None:
+    """Validates a scalar hyperparameter that may be a Python number or a (traced) array.
+
+    Raises `TypeError` for a non-numeric value, `ValueError` for a non-scalar
+    array, and, when the value is concrete (not traced), `ValueError` unless
+    `minimum <= value` (and `value < below`). Traced values are checked by
+    their shape only: their range is the caller's promise.
+    """
+    if isinstance(value, bool) or not (
+        isinstance(value, int | float | np.number | np.ndarray | jax.Array)
+    ):
+        raise TypeError(f"`{name}` must be a real number or a scalar array; got {type(value)}.")
+    if np.ndim(value) != 0:
+        raise ValueError(f"`{name}` must be a scalar; got shape {np.shape(value)}.")
+    known = concrete_value(value)
+    if known is None:
+        return
+    if below is None:
+        if not known >= minimum:
+            raise ValueError(f"`{name}` must be >= {minimum:g}; got {known}.")
+    elif not minimum <= known < below:
+        raise ValueError(f"`{name}` must be in [{minimum:g}, {below:g}); got {known}.")
 
 
-def check_nonnegative(value: float, name: str) -> None:
-    """Raises `ValueError` unless the Python number `value` is `>= 0`."""
-    if not value >= 0.0:
-        raise ValueError(f"`{name}` must be >= 0; got {value}.")
+def check_label_smoothing(label_smoothing: object) -> None:
+    """`label_smoothing` is a scalar in [0, 1) (checked when concrete)."""
+    check_hyperparameter(label_smoothing, "label_smoothing", below=1.0)
+
+
+def check_nonnegative(value: object, name: str) -> None:
+    """`value` is a scalar >= 0 (checked when concrete)."""
+    check_hyperparameter(value, name)
 
 
 def check_shape(x: Array, shape: Sequence[int], name: str, expected: str) -> None:
@@ -73,10 +107,13 @@ def check_broadcastable(x: Array, shape: Sequence[int], name: str) -> None:
         )
 
 
-def check_class_weights(class_weights: Array, num_classes: int) -> None:
-    """Validates `class_weights`: floating point, shape `[num_classes]`."""
-    check_floating(class_weights, "class_weights")
-    check_shape(class_weights, (num_classes,), "class_weights", "[num_classes]")
+def check_class_vector(x: Array, num_classes: int, name: str) -> None:
+    """Validates a per-class vector (`class_weights`, `logit_adjustment`, ...).
+
+    It must be floating point of shape `[num_classes]`.
+    """
+    check_floating(x, name)
+    check_shape(x, (num_classes,), name, "[num_classes]")
 
 
 def check_cost_matrix(cost_matrix: Array, num_classes: int) -> None:
@@ -95,7 +132,7 @@ def check_cost_matrix(cost_matrix: Array, num_classes: int) -> None:
     )
 
 
-def concrete_value(x: Array | None) -> np.ndarray | None:
+def concrete_value(x: object) -> np.ndarray | None:
     """`x` as a NumPy array when its value is known now (eager), else None."""
     if x is None:
         return None
@@ -170,18 +207,6 @@ def check_nonnegative_values(x: Array, name: str) -> None:
     if negative.any():
         position = tuple(int(i) for i in np.argwhere(negative)[0])
         raise ValueError(f"`{name}` must be >= 0; got {values[position]} at index {position}.")
-
-
-def static_gamma(gamma: float) -> float:
-    """`gamma` as a Python float: `TypeError` if it is traced, `ValueError` if < 0."""
-    try:
-        value = float(gamma)
-    except TypeError:
-        raise TypeError(
-            f"`gamma` must be a Python number (it is static under jit); got {type(gamma)}."
-        ) from None
-    check_nonnegative(value, "gamma")
-    return value
 
 
 def check_clip_epsilon(epsilon: float) -> None:

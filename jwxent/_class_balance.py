@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from jwxent import _checks, _reduction, _weights
+from jwxent import _checks, _class_weights, _reduction
 from jwxent._typing import Array, ArrayLike
 
 
@@ -118,7 +118,7 @@ def class_balance_update(
     """
     _checks.check_unit_interval(decay, "decay")
     num_classes = state.ema.shape[0]
-    counts = _weights.class_counts(
+    counts = _class_weights.class_counts(
         labels, num_classes, where=where, weights=weights, ignore_index=ignore_index
     )
     counts = counts.astype(state.ema.dtype)
@@ -174,8 +174,8 @@ def class_balance_frequencies(state: ClassBalanceState) -> Array:
 def class_balance_weights(
     state: ClassBalanceState,
     *,
-    method: _weights.WeightMethod = "inverse",
-    normalize: _weights.Normalization | None = "mean_one",
+    method: _class_weights.WeightMethod = "inverse",
+    normalize: _class_weights.Normalization | None = "mean_one",
     beta: float = 0.999,
     num_examples: ArrayLike | None = None,
 ) -> Array:
@@ -250,4 +250,6 @@ def class_balance_weights(
     counts = frequencies
     if num_examples is not None:
         counts = frequencies * jnp.asarray(num_examples, frequencies.dtype)
-    return _weights.class_weights_from_counts(counts, method=method, normalize=normalize, beta=beta)
+    return _class_weights.class_weights_from_counts(
+        counts, method=method, normalize=normalize, beta=beta
+    )

@@ -130,14 +130,78 @@ def reduce_loss(
 
 
 def _denominator(values: Array, reduction: str, mask: Array | None, weight: Array | None) -> Array:
-    """The divisor of the mean-like reductions, in `values.dtype`."""
+    """The divisor of the mean-like reductions, in `values.dtype`.
+
+    Every array here is made `like` the values (`ones_like`, not `ones`), so
+    that it keeps their sharding under explicitly sharded meshes.
+    """
     dtype = values.dtype
-    counted = jnp.ones(values.shape, bool) if mask is None else mask
     if reduction == "mean":
-        return jnp.sum(counted, dtype=dtype)
-    if weight is None:
-        weight = jnp.ones(values.shape, dtype)
-    masked_weight = jnp.where(counted, weight, jnp.zeros_like(weight))
+        if mask is None:
+            return jnp.asarray(values.size, dtype)
+        return jnp.sum(mask, dtype=dtype)
+    masked_weight = jnp.ones_like(values) if weight is None else weight.astype(dtype)
+    if mask is not None:
+        masked_weight = jnp.where(mask, masked_weight, jnp.zeros_like(masked_weight))
     if reduction == "weighted_mean":
         return jnp.sum(masked_weight)
     return jnp.sum(masked_weight != 0, dtype=dtype)
+
+
+def finish(
+    loss: Array,
+    reduction: Reduction,
+    *,
+    weights: ArrayLike | None = None,
+    mask: Array | None = None,
+    label_weight: Array | None = None,
+    cost: Array | None = None,
+) -> Array:
+    """The last step of every loss: per-example weights, then the reduction.
+
+    Args:
+      loss: the per-example loss `ℓ` (already including its label weight).
+      reduction: one of `jwxent.Reduction`.
+      weights: the user's per-example `weights`, broadcastable to `loss.shape`.
+      mask: bool `loss.shape`, the examples that count, or None.
+      label_weight: the weight the label gave the example (`class_weights[y]`,
+        `Σ_k c_k q_k`), already inside `loss`, for the `"weighted_mean"` and
+        `"sum_by_nonzero_weights"` denominators.
+      cost: a cost-matrix weight that multiplies the example like `weights`.
+
+    Returns:
+      The reduced loss, `loss.dtype`.
+    """
+    example_weight = multiply(example_weights(weights, loss.shape, loss.dtype), cost)
+    return reduce_loss(
+        scale(loss, example_weight),
+        reduction,
+        mask=mask,
+        weight=multiply(example_weight, label_weight),
+    )
+
+
+def coefficients(
+    reduction: Reduction,
+    shape: tuple[int, ...],
+    dtype: jnp.dtype,
+    *,
+    weights: ArrayLike | None = None,
+    mask: Array | None = None,
+    label_weight: Array | None = None,
+) -> Array:
+    """The coefficient `v` of each example in the reduced loss: `Σ v·ℓ`.
+
+    For a loss `ℓ` that already includes its label weight,
+    `finish(ℓ, reduction, ...)` is `Σ v·ℓ` for every reduction but `"none"`
+    (for which `v` is the per-example weight). Losses that form their gradient
+    ahead (the fused linear loss) need `v` itself.
+    """
+    _checks.check_reduction(reduction)
+    weight = example_weights(weights, shape, dtype)
+    weight = jnp.ones(shape, dtype) if weight is None else weight * jnp.ones(shape, dtype)
+    counted = weight if mask is None else jnp.where(mask, weight, jnp.zeros_like(weight))
+    if reduction in ("none", "sum"):
+        return counted
+    denominator = _denominator(counted, reduction, mask, multiply(weight, label_weight))
+    return safe_divide(counted, denominator)

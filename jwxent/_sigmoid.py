@@ -2,46 +2,43 @@
 
 Both losses are elementwise, like optax's and PyTorch's: the loss has the
 broadcast shape of `logits` and `labels`, and `weights` / `where` broadcast to
-that shape without enlarging it. Each has a small custom-VJP core that returns
-the unweighted elementwise loss; `weights`, `alpha`, label smoothing, masks and
-reductions stay outside it in plain JAX, so autodiff composes with them.
+that shape without enlarging it. Each has a small `jax.custom_jvp` core that
+returns the unweighted elementwise loss with a hand-written tangent map (which
+XLA transposes into the backward pass, so forward and reverse mode both use
+it); `weights`, `alpha`, label smoothing, masks and reductions stay outside it
+in plain JAX, so autodiff composes with them.
 
 With $s = \\sigma(x)$, $\\log s = -\\operatorname{softplus}(-x)$ and
 $\\log(1 - s) = -\\operatorname{softplus}(x)$ are used throughout, so the losses
-and their gradients are finite for logits of any finite size.
+and their derivatives are finite for logits of any finite size. The tangent
+maps run under `jax.checkpoint`: reverse mode recomputes the sigmoid from the
+logits instead of storing it.
 """
 
 import functools
-from typing import cast
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from jwxent import _checks, _reduction
-from jwxent._softmax import compute_dtype
+from jwxent._numerics import (
+    compute_dtype,
+    expand_rank,
+    hyperparameter,
+    is_static_zero,
+    joined,
+    split_static,
+    sum_present,
+)
+from jwxent._softmax._focal import focal_power
 from jwxent._typing import Array, ArrayLike, Reduction
 
 # ---------------------------------------------------------------------------
 # Shared preparation.
 # ---------------------------------------------------------------------------
-
-
-def _unbroadcast(x: Array, shape: tuple[int, ...]) -> Array:
-    """Sums `x` over the axes that broadcasting added to an array of `shape`."""
-    leading = x.ndim - len(shape)
-    x = jnp.sum(x, axis=tuple(range(leading))) if leading else x
-    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
-    return jnp.sum(x, axis=stretched, keepdims=True) if stretched else x
-
-
-def expand_rank(x: Array, ndim: int) -> Array:
-    """`x` with leading size-1 axes up to `ndim`, so it broadcasts in a product.
-
-    Cheaper than `broadcast_to` the full shape: no replicated copy is made, and
-    under sharding the small array's cotangent is a reduction, not an all-gather.
-    """
-    return x.reshape((1,) * (ndim - x.ndim) + x.shape)
 
 
 def _elementwise_inputs(logits: ArrayLike, labels: ArrayLike) -> tuple[Array, Array]:
@@ -61,7 +58,11 @@ def _elementwise_inputs(logits: ArrayLike, labels: ArrayLike) -> tuple[Array, Ar
         ) from None
     if not jnp.issubdtype(labels.dtype, jnp.floating):
         labels = labels.astype(compute_dtype(logits.dtype))
-    return jnp.broadcast_to(logits, shape), jnp.broadcast_to(labels, shape)
+    return _broadcast(logits, shape), _broadcast(labels, shape)
+
+
+def _broadcast(x: Array, shape: tuple[int, ...]) -> Array:
+    return x if x.shape == shape else jnp.broadcast_to(x, shape)
 
 
 def _masked_inputs(logits: Array, labels: Array, mask: Array | None) -> tuple[Array, Array]:
@@ -74,19 +75,36 @@ def _masked_inputs(logits: Array, labels: Array, mask: Array | None) -> tuple[Ar
     )
 
 
-def _weighted_reduce(
-    loss: Array, weights: ArrayLike | None, mask: Array | None, reduction: Reduction
-) -> Array:
-    """Applies the per-element `weights` and reduces; `weights` is the effective weight."""
-    weight = _reduction.example_weights(weights, loss.shape, loss.dtype)
-    return _reduction.reduce_loss(
-        _reduction.scale(loss, weight), reduction, mask=mask, weight=weight
-    )
-
-
 def _softplus_pair(x: Array) -> tuple[Array, Array]:
     """`(softplus(x), softplus(-x))` = `(−log(1 − σ(x)), −log σ(x))`."""
     return jax.nn.softplus(x), jax.nn.softplus(-x)
+
+
+def _no_tangent(t: object) -> bool:
+    return t is None or isinstance(t, SymbolicZero)
+
+
+def _elementwise_jvp(core, tangent_map):
+    """A JVP rule for an elementwise core: the value, and `tangent_map` under checkpoint."""
+    remat = jax.checkpoint(
+        tangent_map, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable
+    )
+
+    def rule(primals, tangents) -> tuple[Any, Any]:
+        (inputs,), (d_inputs,) = primals, tangents
+        value = core(inputs)
+        d_inputs = jax.tree.map(
+            lambda t: None if _no_tangent(t) else t, d_inputs, is_leaf=_no_tangent
+        )
+        if all(leaf is None for leaf in jax.tree.leaves(d_inputs, is_leaf=lambda t: t is None)):
+            return value, SymbolicZero(jax.typeof(value))
+        return value, remat(inputs, d_inputs)
+
+    return rule
+
+
+def _tangent(dx: Array | None, dtype: jnp.dtype, ndim: int) -> Array | None:
+    return None if dx is None else expand_rank(dx.astype(dtype), ndim)
 
 
 # ---------------------------------------------------------------------------
@@ -94,54 +112,54 @@ def _softplus_pair(x: Array) -> tuple[Array, Array]:
 # ---------------------------------------------------------------------------
 
 
-@jax.custom_vjp
-def _bce(logits: Array, labels: Array, pos_weight: Array | None) -> Array:
-    """Elementwise `(1 − y)·softplus(x) + c·y·softplus(−x)`, `c = pos_weight` or 1.
-
-    Args:
-      logits: floating point, the loss shape.
-      labels: floating point, the loss shape.
-      pos_weight: floating point broadcastable to the loss shape, or None.
-
-    Returns:
-      The loss shape, in the compute dtype of `logits`.
-    """
-    return _bce_fwd(logits, labels, pos_weight)[0]
+class _BCEInputs(NamedTuple):
+    logits: Array
+    labels: Array
+    pos_weight: Array | None
 
 
-def _bce_upcast(logits, labels, pos_weight):
-    dtype = compute_dtype(logits.dtype)
-    x, y = logits.astype(dtype), labels.astype(dtype)
-    c = jnp.ones((), dtype) if pos_weight is None else pos_weight.astype(dtype)
+def _bce_upcast(inputs: _BCEInputs) -> tuple[Array, Array, Array]:
+    dtype = compute_dtype(inputs.logits.dtype)
+    x, y = inputs.logits.astype(dtype), inputs.labels.astype(dtype)
+    c = jnp.ones((), dtype) if inputs.pos_weight is None else inputs.pos_weight.astype(dtype)
     return x, y, expand_rank(c, x.ndim)
 
 
-def _bce_fwd(logits, labels, pos_weight):
-    x, y, c = _bce_upcast(logits, labels, pos_weight)
+@jax.custom_jvp
+def _bce(inputs: _BCEInputs) -> Array:
+    """Elementwise `(1 − y)·softplus(x) + c·y·softplus(−x)`, `c = pos_weight` or 1.
+
+    The loss shape is that of `logits` (= `labels`); `pos_weight` broadcasts
+    to it. In the compute dtype of `logits`.
+    """
+    x, y, c = _bce_upcast(inputs)
     neg_log_not_p, neg_log_p = _softplus_pair(x)
-    loss = (1.0 - y) * neg_log_not_p + c * y * neg_log_p
-    # Residuals are the inputs themselves; σ and softplus are recomputed.
-    return loss, (logits, labels, pos_weight)
+    return (1.0 - y) * neg_log_not_p + c * y * neg_log_p
 
 
-def _bce_bwd(residuals, g):
-    logits, labels, pos_weight = residuals
-    x, y, c = _bce_upcast(logits, labels, pos_weight)
+def _bce_tangent(inputs: _BCEInputs, d_inputs: _BCEInputs) -> Array | None:
+    x, y, c = _bce_upcast(inputs)
     neg_log_not_p, neg_log_p = _softplus_pair(x)
-    d_logits = g * ((1.0 + (c - 1.0) * y) * jax.nn.sigmoid(x) - c * y)
-    d_labels = g * (c * neg_log_p - neg_log_not_p)
-    d_pos_weight = None
-    if pos_weight is not None:
-        d_pos_weight = _unbroadcast(g * y * neg_log_p, pos_weight.shape).astype(pos_weight.dtype)
-    return d_logits.astype(logits.dtype), d_labels.astype(labels.dtype), d_pos_weight
+    dx, dy, dc = (_tangent(d, x.dtype, x.ndim) for d in d_inputs)
+    return sum_present(
+        None if dx is None else ((1.0 + (c - 1.0) * y) * jax.nn.sigmoid(x) - c * y) * dx,
+        None if dy is None else (c * neg_log_p - neg_log_not_p) * dy,
+        None if dc is None else y * neg_log_p * dc,
+    )
 
 
-_bce.defvjp(_bce_fwd, _bce_bwd)
+_bce.defjvp(_elementwise_jvp(_bce, _bce_tangent), symbolic_zeros=True)
 
 
 # ---------------------------------------------------------------------------
 # Focal core.
 # ---------------------------------------------------------------------------
+
+
+class _FocalInputs(NamedTuple):
+    logits: Array
+    labels: Array
+    gamma: Array | None
 
 
 def _safe_ratio(numerator: Array, denominator: Array) -> Array:
@@ -150,55 +168,50 @@ def _safe_ratio(numerator: Array, denominator: Array) -> Array:
     return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1.0), 0.0)
 
 
-def _focal_parts(logits, labels, gamma):
-    """Shared forward quantities: `x, y, s, 1 − s, CE, u = 1 − p_t, u^γ`."""
-    dtype = compute_dtype(logits.dtype)
-    x, y = logits.astype(dtype), labels.astype(dtype)
+def _focal_parts(inputs: _FocalInputs, static_gamma: float | None):
+    """Shared quantities: `x, y, s, 1 − s, CE, u = 1 − p_t, u^γ`."""
+    dtype = compute_dtype(inputs.logits.dtype)
+    x, y = inputs.logits.astype(dtype), inputs.labels.astype(dtype)
     s, not_s = jax.nn.sigmoid(x), jax.nn.sigmoid(-x)
     neg_log_not_p, neg_log_p = _softplus_pair(x)
     ce = (1.0 - y) * neg_log_not_p + y * neg_log_p
     # 1 − p_t is a convex combination of s and 1 − s: no cancellation.
     u = (1.0 - y) * s + y * not_s
-    modulator = jnp.ones_like(u) if gamma == 0 else u**gamma
+    modulator = focal_power(u, joined(static_gamma, inputs.gamma))
     return x, y, s, not_s, ce, u, modulator
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _focal(gamma: float, logits: Array, labels: Array) -> Array:
-    """Elementwise `(1 − p_t)^γ · CE(x, y)` with `1 − p_t = (1 − y)·s + y·(1 − s)`.
-
-    Args:
-      gamma: static focusing parameter, `>= 0`.
-      logits: floating point, the loss shape.
-      labels: floating point, the loss shape.
-
-    Returns:
-      The loss shape, in the compute dtype of `logits`.
-    """
-    return _focal_fwd(gamma, logits, labels)[0]
+def _focal(static_gamma: float | None, inputs: _FocalInputs) -> Array:
+    """Elementwise `(1 − p_t)^γ · CE(x, y)` with `1 − p_t = (1 − y)·s + y·(1 − s)`."""
+    *_, ce, _, modulator = _focal_parts(inputs, static_gamma)
+    return modulator * ce
 
 
-def _focal_fwd(gamma, logits, labels):
-    *_, ce, _, modulator = _focal_parts(logits, labels, gamma)
-    return modulator * ce, (logits, labels)
+def _focal_tangent(static_gamma, inputs: _FocalInputs, d_inputs: _FocalInputs) -> Array | None:
+    # d/dx: u^γ·(s − y) + γ·u^(γ−1)·(1 − 2y)·s(1 − s)·CE,
+    # d/dy: −x·u^γ + γ·u^(γ−1)·(1 − 2s)·CE, d/dγ: u^γ·log(u)·CE. The u^(γ−1)
+    # terms are written as u^γ · (… / u): where u underflows to 0, so do they.
+    x, y, s, not_s, ce, u, modulator = _focal_parts(inputs, static_gamma)
+    gamma = hyperparameter(joined(static_gamma, inputs.gamma), x.dtype)
+    ce_over_u = _safe_ratio(ce, u)
+    dx, dy, d_gamma = (_tangent(d, x.dtype, x.ndim) for d in d_inputs)
+    log_u = jnp.log(jnp.where(u > 0, u, 1.0))
+    return sum_present(
+        None
+        if dx is None
+        else modulator * ((s - y) + gamma * (1.0 - 2.0 * y) * s * not_s * ce_over_u) * dx,
+        None if dy is None else modulator * (-x + gamma * (1.0 - 2.0 * s) * ce_over_u) * dy,
+        None if d_gamma is None else modulator * log_u * ce * d_gamma,
+    )
 
 
-def _focal_bwd(gamma, residuals, g):
-    logits, labels = residuals
-    x, y, s, not_s, ce, u, modulator = _focal_parts(logits, labels, gamma)
-    # d/dx: u^γ·(s − y) + γ·u^(γ−1)·(1 − 2y)·s(1 − s)·CE, and
-    # d/dy: −x·u^γ + γ·u^(γ−1)·(1 − 2s)·CE. The u^(γ−1) terms are written as
-    # u^γ · (… / u): where u underflows to 0, u^γ is 0 and so are they.
-    d_logits = modulator * (s - y)
-    d_labels = -x * modulator
-    if gamma != 0:
-        ce_over_u = _safe_ratio(ce, u)
-        d_logits = d_logits + gamma * modulator * (1.0 - 2.0 * y) * s * not_s * ce_over_u
-        d_labels = d_labels + gamma * modulator * (1.0 - 2.0 * s) * ce_over_u
-    return (g * d_logits).astype(logits.dtype), (g * d_labels).astype(labels.dtype)
-
-
-_focal.defvjp(_focal_fwd, _focal_bwd)
+@functools.cache
+def _focal_core(static_gamma: float | None):
+    """The focal core for one static `gamma` (None: `gamma` is an array input)."""
+    core = jax.custom_jvp(functools.partial(_focal, static_gamma))
+    tangent = functools.partial(_focal_tangent, static_gamma)
+    core.defjvp(_elementwise_jvp(core, tangent), symbolic_zeros=True)
+    return core
 
 
 # ---------------------------------------------------------------------------
@@ -213,7 +226,7 @@ def sigmoid_binary_cross_entropy(
     weights: ArrayLike | None = None,
     pos_weight: ArrayLike | None = None,
     where: ArrayLike | None = None,
-    label_smoothing: float = 0.0,
+    label_smoothing: ArrayLike = 0.0,
     reduction: Reduction = "none",
 ) -> Array:
     r"""Elementwise sigmoid binary cross-entropy, with positive-class weighting.
@@ -282,10 +295,10 @@ def sigmoid_binary_cross_entropy(
        [2.0794 3.0486]]
 
     Notes:
-      The gradient is a hand-written `jax.custom_vjp`, computed in float32 for
-      half-precision logits and returned in the logits' dtype, with cotangents
-      for `labels` and `pos_weight` as well. Reverse mode only: `jax.jvp` /
-      `jax.jacfwd` are not supported.
+      The derivative is a hand-written `jax.custom_jvp`, computed in float32
+      for half-precision logits and returned in the logits' dtype, with
+      cotangents for `labels` and `pos_weight` as well. Forward and reverse
+      mode both work.
 
     References:
       TensorFlow, `tf.nn.weighted_cross_entropy_with_logits`; PyTorch,
@@ -300,16 +313,18 @@ def sigmoid_binary_cross_entropy(
         _checks.check_broadcastable(pos_weight, x.shape, "pos_weight")
     mask = _reduction.example_mask(x.shape, where=where)
     x, y = _masked_inputs(x, y, mask)
-    if label_smoothing:
-        y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
-    return _weighted_reduce(_bce(x, y, pos_weight), weights, mask, reduction)
+    if not is_static_zero(label_smoothing):
+        epsilon = hyperparameter(label_smoothing, y.dtype)
+        y = y * (1.0 - epsilon) + 0.5 * epsilon
+    loss = _bce(_BCEInputs(x, y, pos_weight))
+    return _reduction.finish(loss, reduction, weights=weights, mask=mask)
 
 
 def sigmoid_focal_loss(
     logits: ArrayLike,
     labels: ArrayLike,
     alpha: ArrayLike | None = None,
-    gamma: float = 2.0,
+    gamma: ArrayLike = 2.0,
     *,
     weights: ArrayLike | None = None,
     where: ArrayLike | None = None,
@@ -348,7 +363,7 @@ def sigmoid_focal_loss(
       else a scalar; float32 for half-precision logits.
 
     Raises:
-      TypeError: non-floating `logits`; a traced `gamma`.
+      TypeError: non-floating `logits`.
       ValueError: negative `gamma`; shapes that do not broadcast; an unknown
         `reduction`.
 
@@ -365,24 +380,26 @@ def sigmoid_focal_loss(
       [0.0005 0.017 0.0433]
 
     Notes:
-      The gradient is a hand-written `jax.custom_vjp` (cotangents for `logits`
-      and `labels`; `alpha` and `weights` are differentiated by autodiff),
-      computed from $1 - p_t$ in the linear domain, where it is a convex
-      combination of $s$ and $1 - s$ and so never cancels. Reverse mode only.
+      The derivative is a hand-written `jax.custom_jvp` (tangents of `logits`,
+      `labels` and a traced `gamma`; `alpha` and `weights` are differentiated
+      by autodiff), computed from $1 - p_t$ in the linear domain, where it is
+      a convex combination of $s$ and $1 - s$ and so never cancels. Forward
+      and reverse mode both work.
 
     References:
       Lin et al., *Focal Loss for Dense Object Detection*, ICCV 2017.
     """
-    gamma = _checks.static_gamma(gamma)
+    _checks.check_nonnegative(gamma, "gamma")
     _checks.check_reduction(reduction)
     x, y = _elementwise_inputs(logits, labels)
     mask = _reduction.example_mask(x.shape, where=where)
     x, y = _masked_inputs(x, y, mask)
-    loss = cast(Array, _focal(gamma, x, y))
+    static_gamma, gamma_array = split_static(gamma, compute_dtype(x.dtype))
+    loss = _focal_core(static_gamma)(_FocalInputs(x, y, gamma_array))
     if alpha is not None:
         alpha = jnp.asarray(alpha)
         _checks.check_broadcastable(alpha, x.shape, "alpha")
         alpha = expand_rank(alpha.astype(loss.dtype), x.ndim)
         y_t = y.astype(loss.dtype)
         loss = (alpha * y_t + (1.0 - alpha) * (1.0 - y_t)) * loss
-    return _weighted_reduce(loss, weights, mask, reduction)
+    return _reduction.finish(loss, reduction, weights=weights, mask=mask)

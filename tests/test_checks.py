@@ -76,7 +76,7 @@ SOFT = jwxent.softmax_cross_entropy
         (
             lambda: SPARSE(D["logits"], D["labels"], where=D["class_mask"], label_smoothing=0.1),
             ValueError,
-            "`label_smoothing` cannot be combined with a logits-shaped `where`",
+            "`label_smoothing` with integer labels cannot be combined with a logits-shaped `where`",
         ),
         (lambda: SPARSE(np.float32(1.0), np.int32(0)), ValueError, "`logits` must have a class"),
     ],

@@ -587,9 +587,9 @@ def test_train_step_with_online_weights_is_jittable_and_does_not_retrace():
             "`weights` of shape",
         ),
         (
-            lambda: jwxent.class_weights_from_counts(jnp.array([1, 2])),
+            lambda: jwxent.class_weights_from_counts(jnp.array([True, False])),
             TypeError,
-            "`counts` must be a floating-point",
+            "`counts` must be an integer or floating-point array, got dtype bool",
         ),
         (
             lambda: jwxent.class_weights_from_counts(jnp.ones((2, 2))),

@@ -27,8 +27,8 @@ to stabilise and no large intermediate to avoid.
 import jax.numpy as jnp
 
 from jwxent import _checks, _reduction
-from jwxent._sigmoid import expand_rank
-from jwxent._softmax import compute_dtype
+from jwxent._numerics import compute_dtype, expand_rank, hyperparameter, is_static_zero
+from jwxent._softmax._inputs import class_vector
 from jwxent._typing import Array, ArrayLike, Reduction
 
 
@@ -66,23 +66,6 @@ def _neutral_rows(p: Array, mask: Array | None, fill: float) -> Array:
     return jnp.where(mask[..., None], p, jnp.full_like(p, fill))
 
 
-def _reduce(
-    loss: Array,
-    *,
-    weights: ArrayLike | None,
-    label_weight: Array | None,
-    mask: Array | None,
-    reduction: Reduction,
-) -> Array:
-    example_weight = _reduction.example_weights(weights, loss.shape, loss.dtype)
-    return _reduction.reduce_loss(
-        _reduction.scale(loss, example_weight),
-        reduction,
-        mask=mask,
-        weight=_reduction.multiply(example_weight, label_weight),
-    )
-
-
 def categorical_cross_entropy(
     probs: ArrayLike,
     labels: ArrayLike,
@@ -92,7 +75,7 @@ def categorical_cross_entropy(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     class_weights: ArrayLike | None = None,
-    label_smoothing: float = 0.0,
+    label_smoothing: ArrayLike = 0.0,
     reduction: Reduction = "none",
 ) -> Array:
     r"""Categorical cross-entropy of predicted probabilities (Keras `from_logits=False`).
@@ -171,17 +154,17 @@ def categorical_cross_entropy(
     q = _neutral_rows(q, mask, 0.0)
     p_hat = _clip(p / jnp.sum(p, axis=-1, keepdims=True), epsilon)
     targets = q
-    if label_smoothing:
-        targets = (1.0 - label_smoothing) * targets + label_smoothing / num_classes
+    if not is_static_zero(label_smoothing):
+        smoothing = hyperparameter(label_smoothing, dtype)
+        targets = (1.0 - smoothing) * targets + smoothing / num_classes
     label_weight = None
-    if class_weights is not None:
-        class_weights = jnp.asarray(class_weights)
-        _checks.check_class_weights(class_weights, num_classes)
-        cw = expand_rank(class_weights.astype(dtype), q.ndim)
+    cw = class_vector(class_weights, num_classes, dtype, "class_weights")
+    if cw is not None:
+        cw = expand_rank(cw, q.ndim)
         targets = cw * targets
         label_weight = jnp.sum(cw * q, axis=-1)
     loss = -jnp.sum(targets * jnp.log(p_hat), axis=-1)
-    return _reduce(loss, weights=weights, label_weight=label_weight, mask=mask, reduction=reduction)
+    return _reduction.finish(loss, reduction, weights=weights, mask=mask, label_weight=label_weight)
 
 
 def binary_cross_entropy(
@@ -192,7 +175,7 @@ def binary_cross_entropy(
     pos_weight: ArrayLike | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
-    label_smoothing: float = 0.0,
+    label_smoothing: ArrayLike = 0.0,
     reduction: Reduction = "none",
 ) -> Array:
     r"""Binary cross-entropy of predicted probabilities, averaged over the last axis.
@@ -268,8 +251,9 @@ def binary_cross_entropy(
     mask = _reduction.example_mask(p.shape[:-1], where=where)
     p = _clip(_neutral_rows(p.astype(dtype), mask, 0.5), epsilon)
     y = _neutral_rows(y, mask, 0.0)
-    if label_smoothing:
-        y = (1.0 - label_smoothing) * y + 0.5 * label_smoothing
+    if not is_static_zero(label_smoothing):
+        smoothing = hyperparameter(label_smoothing, dtype)
+        y = (1.0 - smoothing) * y + 0.5 * smoothing
     positive = y * jnp.log(p)
     if pos_weight is not None:
         pos_weight = jnp.asarray(pos_weight)
@@ -277,4 +261,4 @@ def binary_cross_entropy(
         _checks.check_broadcastable(pos_weight, p.shape, "pos_weight")
         positive = expand_rank(pos_weight.astype(dtype), p.ndim) * positive
     loss = -jnp.mean(positive + (1.0 - y) * jnp.log(1.0 - p), axis=-1)
-    return _reduce(loss, weights=weights, label_weight=None, mask=mask, reduction=reduction)
+    return _reduction.finish(loss, reduction, weights=weights, mask=mask)

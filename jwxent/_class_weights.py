@@ -1,4 +1,4 @@
-"""Class weights: gathering by label, cost matrices, and estimation from counts."""
+"""Class weights: counting examples per class, weights from counts, cost matrices."""
 
 import math
 from collections.abc import Callable
@@ -8,61 +8,12 @@ import jax
 import jax.numpy as jnp
 
 from jwxent import _checks, _reduction
+from jwxent._numerics import widest_float
 from jwxent._typing import Array, ArrayLike
-
-
-def gather_class_weights(class_weights: Array, labels: Array) -> Array:
-    """`class_weights[labels]` without a one-hot: `tf.gather(class_weights, labels)`.
-
-    Args:
-      class_weights: `[num_classes]` floating-point weights.
-      labels: integer labels of any shape, already within `[0, num_classes)`.
-
-    Returns:
-      An array of `labels.shape` and `class_weights.dtype`.
-    """
-    return _take(class_weights, labels)
-
-
-def cost_matrix_weights(cost_matrix: Array, labels: Array, logits: Array) -> Array:
-    """`cost_matrix[labels, argmax(logits)]`, the weight of a cost-sensitive example.
-
-    The argmax is taken under `stop_gradient` (it is piecewise constant) and ties
-    go to the first index, as in `jnp.argmax`.
-
-    Args:
-      cost_matrix: `[num_classes, num_classes]`, `M[y, k]` is the cost of
-        predicting `k` when the truth is `y`.
-      labels: integer labels `[*batch]` within `[0, num_classes)`.
-      logits: `[*batch, num_classes]`.
-
-    Returns:
-      An array of `labels.shape` and `cost_matrix.dtype`.
-    """
-    predicted = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
-    num_classes = cost_matrix.shape[0]
-    flat_index = labels * num_classes + predicted.astype(labels.dtype)
-    return _take(cost_matrix.reshape(-1), flat_index)
-
-
-def _take(table: Array, index: Array) -> Array:
-    """`table[index]` laid out like `index`, also under explicitly sharded meshes.
-
-    Naming the output sharding lets sharding-in-types place the gather (a plain
-    `jnp.take` is rejected there); without a mesh it is an ordinary gather.
-    """
-    return table.at[index].get(mode="clip", out_sharding=jax.typeof(index).sharding)
-
 
 # ---------------------------------------------------------------------------
 # Counting examples per class.
 # ---------------------------------------------------------------------------
-
-
-def _float_dtype(*dtypes: jnp.dtype) -> jnp.dtype:
-    """float64 if any of `dtypes` is float64, else float32 (the count dtype)."""
-    wide = any(jnp.dtype(d) == jnp.float64 for d in dtypes)
-    return jnp.dtype(jnp.float64) if wide else jnp.dtype(jnp.float32)
 
 
 def class_counts(
@@ -137,7 +88,7 @@ def class_counts(
         labels.shape, where=where, labels=labels, ignore_index=ignore_index
     )
     _checks.check_labels_in_range(labels, num_classes, mask)
-    weight = _masked_example_weights(weights, mask, labels.shape, _float_dtype())
+    weight = _masked_example_weights(weights, mask, labels.shape, widest_float())
     # segment_sum drops indices outside [0, num_classes): out-of-range labels
     # under jit are not counted (jnp.bincount would clip negatives into class 0).
     return jax.ops.segment_sum(weight.ravel(), labels.ravel(), num_segments=num_classes)
@@ -159,7 +110,7 @@ def _soft_counts(
     _checks.check_shape(labels, expected, "labels", "[*batch, num_classes] probabilities")
     batch_shape = labels.shape[:-1]
     mask = _reduction.example_mask(batch_shape, where=where)
-    weight = _masked_example_weights(weights, mask, batch_shape, _float_dtype(labels.dtype))
+    weight = _masked_example_weights(weights, mask, batch_shape, widest_float(labels.dtype))
     # Double where: masked rows are replaced, so a NaN there cannot reach the sum.
     q = labels.astype(weight.dtype)
     if mask is not None:
@@ -175,7 +126,7 @@ def _masked_example_weights(
     In `dtype`, widened to float64 for float64 `weights`.
     """
     if weights is not None:
-        dtype = _float_dtype(dtype, jnp.asarray(weights).dtype)
+        dtype = widest_float(dtype, jnp.asarray(weights).dtype)
     weight = _reduction.example_weights(weights, batch_shape, dtype)
     if weight is None:
         weight = jnp.ones(batch_shape, dtype)
@@ -241,8 +192,9 @@ def class_weights_from_counts(
     `"balanced"` is `"inverse"` normalised this way.
 
     Args:
-      counts: `[num_classes]` non-negative floating-point counts, e.g. from
-        `class_counts` (cast integer counts such as `np.bincount`'s to float).
+      counts: `[num_classes]` non-negative counts, e.g. from `class_counts`;
+        integer counts such as `np.bincount`'s are accepted and computed in
+        float32.
       method: one of the methods above.
       normalize: None (the raw weights) or one of the normalisations above.
       beta: $\beta \in [0, 1)$ of `"effective_number"` (ignored otherwise). The
@@ -256,7 +208,8 @@ def class_weights_from_counts(
       is 0, where the gradient with respect to `counts` is finite as well.
 
     Raises:
-      TypeError: `counts` not floating point; `beta` not a Python float.
+      TypeError: `counts` neither integer nor floating point; `beta` not a
+        Python float.
       ValueError: `counts` not 1-D; an unknown `method` or `normalize` (the
         message lists the valid ones); `beta` outside [0, 1); in eager calls, a
         negative count.
@@ -288,14 +241,14 @@ def class_weights_from_counts(
       (scikit-learn's `"balanced"`).
     """
     counts = jnp.asarray(counts)
-    _checks.check_floating(counts, "counts")
+    _checks.check_real(counts, "counts")
     _checks.check_rank(counts, 1, "counts", "[num_classes]")
     _checks.check_nonnegative_values(counts, "counts")
     _checks.check_choice(method, WEIGHT_METHODS, "method")
     if normalize is not None:
         _checks.check_choice(normalize, NORMALIZATIONS, "normalize")
     _checks.check_unit_interval(beta, "beta")
-    n = counts.astype(_float_dtype(counts.dtype))
+    n = counts.astype(widest_float(counts.dtype))
     present = n > 0
     # Double where: the formulas see a count of 1 for absent classes, so that
     # neither their value nor their gradient can be inf or NaN; then the

@@ -1,0 +1,1 @@
+"""Softmax family: the custom-JVP core, input preparation and the public losses."""

@@ -1,0 +1,322 @@
+"""The derivative core of every softmax loss: per-row statistics of the logits.
+
+Every softmax-family loss is a plain-JAX function of a few statistics of each
+row of logits `z` (class axis last), computed by `row_stats`. With the adjusted
+logits `z̃ = z + δ` (`offsets`, the logit adjustment) and, for integer labels,
+`z̃_y = z_y + δ_y − m_y` (`margins`, LDAM):
+
+* `shift` and `log_sum`, with `logsumexp(z̃) = shift + log_sum`. They are kept
+  apart so that `softmax(z̃) = exp(z̃ − shift − log_sum)` stays exact for huge
+  logits (one rounded log-sum-exp of 1e8 would lose the `log 2` of two tied
+  logits). `shift` has no derivative: the value of `logsumexp` does not depend
+  on it.
+* `picked = z̃_y`, the label's logit, without a one-hot;
+* `dots[i] = Σ_k t_k z̃_k` for each target `t = rows · classes` (probability
+  labels times class weights, or a `[C]` smoothing target), with `0·(−inf) = 0`;
+* `prob_dots[i] = Σ_k t_k softmax(z̃)_k` (the poly loss only).
+
+`row_stats` is a `jax.custom_jvp`. Its tangent map is linear in the tangents
+and needs only the logits and the per-row statistics:
+
+    d log_sum  = Σ_k p_k dz̃_k            d picked = dz̃_y
+    d dot      = Σ_k t_k dz̃_k + Σ_k dt_k z̃_k
+    d prob_dot = Σ_k dt_k p_k + Σ_k t_k p_k dz̃_k − prob_dot · d log_sum
+
+JAX transposes it into the fused backward pass, `dz = g·p + g_picked·e_y + g_dot·t`.
+The map runs under `jax.checkpoint` with nothing saveable, so reverse mode
+keeps as residuals only the inputs and the `[batch]` statistics and recomputes
+`p = exp(z̃ − shift − log_sum)` inside the backward pass: no `[batch, classes]`
+probability, one-hot or float32 copy, even without `jit`. Forward mode,
+`linearize`, `hessian` and any order of differentiation use the same rule.
+
+The passes have a generic form (here) and an XLA:CPU form (`_xla_cpu.py`),
+chosen when the program is lowered (`_platform.by_platform`).
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+from jwxent._numerics import compute_dtype, expand_rank, finite_or_zero, sum_present
+from jwxent._platform import by_platform
+from jwxent._softmax import _xla_cpu
+from jwxent._softmax._passes import (
+    adjusted,
+    label_logit,
+    label_tangent,
+    probabilities,
+    row_zeros,
+    separate,
+    shift_and_log_sum,
+    take_class,
+    target_dot,
+    target_values,
+)
+from jwxent._typing import Array
+
+
+class Target(NamedTuple):
+    """A target `t = rows · classes` of a dot; a missing factor is 1.
+
+    Attributes:
+      rows: `[..., C]` per-example factor (probability labels), or None.
+      classes: `[C]` per-class factor (class weights), or None.
+    """
+
+    rows: Array | None = None
+    classes: Array | None = None
+
+
+class RowStats(NamedTuple):
+    """Per-row statistics of the adjusted logits, each `[...]` in the compute dtype."""
+
+    shift: Array
+    log_sum: Array
+    picked: Array
+    dots: tuple[Array, ...]
+    prob_dots: tuple[Array, ...]
+
+    @property
+    def lse(self) -> Array:
+        """`logsumexp(z̃)`."""
+        return self.shift + self.log_sum
+
+    @property
+    def nll(self) -> Array:
+        """`−log softmax(z̃)_y`, summed so that it stays exact for huge logits."""
+        return self.log_sum + (self.shift - self.picked)
+
+
+# ---------------------------------------------------------------------------
+# The custom-JVP core.
+# ---------------------------------------------------------------------------
+
+
+class _Inputs(NamedTuple):
+    logits: Array
+    class_mask: Array | None
+    labels: Array | None
+    offsets: Array | None
+    margins: Array | None
+    targets: tuple[Target, ...]
+
+
+def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
+    z, class_mask, labels, offsets, margins, targets = inputs
+    dtype = compute_dtype(z.dtype)
+    picked = row_zeros(z, dtype)
+    if labels is not None:
+        picked = by_platform(z, labels, cpu=_xla_cpu.label_logit, default=label_logit)
+        picked = picked.astype(dtype)
+        if offsets is not None:
+            picked = picked + take_class(offsets.astype(dtype), labels)
+    label_shift = picked if labels is not None and class_mask is None else None
+    shift, log_sum = by_platform(
+        z,
+        class_mask,
+        offsets,
+        label_shift,
+        cpu=_xla_cpu.shift_and_log_sum,
+        default=shift_and_log_sum,
+    )
+    margin = None
+    if margins is not None and labels is not None:
+        margin = take_class(margins.astype(dtype), labels)
+        log_sum, picked = _with_margin(shift, log_sum, picked, margin)
+    # Each later pass reads the logits under its own name (XLA:CPU).
+    z_dots, _ = by_platform(z, (log_sum,), cpu=_xla_cpu.separate, default=separate)
+    dots = []
+    for t in targets:
+        dot = by_platform(z_dots, offsets, *t, cpu=_xla_cpu.target_dot, default=target_dot)
+        if margin is not None and labels is not None:
+            dot = dot - _target_at_label(t, labels, dtype) * margin
+        dots.append(dot)
+    prob_dots = []
+    if with_prob_dots:
+        z_probs, (shift_p, log_sum_p) = by_platform(
+            z, (shift, log_sum), cpu=_xla_cpu.separate, default=separate
+        )
+        p = probabilities(z_probs, class_mask, offsets, shift_p, log_sum_p)
+        prob_dots = [jnp.sum(target_values(*t, z.ndim, dtype) * p, axis=-1) for t in targets]
+    return RowStats(shift, log_sum, picked, tuple(dots), tuple(prob_dots))
+
+
+def _with_margin(shift, log_sum, picked, margin) -> tuple[Array, Array]:
+    """`log_sum` and `picked` after subtracting `margin` from the label's logit.
+
+    With `p_y` the label's probability before the margin,
+    `lse' = lse + log(1 − p_y + p_y·e^{−m})`; both terms are positive, so
+    nothing cancels, and no pass over the classes is needed.
+    """
+    log_p = picked - shift - log_sum
+    log_sum = log_sum + jnp.log(-jnp.expm1(log_p) + jnp.exp(log_p - margin))
+    return log_sum, picked - margin
+
+
+def _d_target_at_label(t: Target, dt: Target, labels: Array, dtype: jnp.dtype) -> Array | None:
+    """The tangent of `t` at each row's label (None if `t` has none)."""
+    return sum_present(
+        None if dt.rows is None else _target_at_label(Target(dt.rows, t.classes), labels, dtype),
+        None if dt.classes is None else _target_at_label(Target(t.rows, dt.classes), labels, dtype),
+    )
+
+
+def _target_at_label(t: Target, labels: Array, dtype: jnp.dtype) -> Array:
+    value = jnp.ones(labels.shape, dtype)
+    if t.classes is not None:
+        value = take_class(t.classes.astype(dtype), labels)
+    if t.rows is not None:
+        value = value * label_logit(t.rows, labels).astype(dtype)
+    return value
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _row_stats(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
+    return _forward(with_prob_dots, inputs)
+
+
+def _no_tangent(t: object) -> bool:
+    return t is None or isinstance(t, SymbolicZero)
+
+
+def _row_stats_jvp(with_prob_dots, primals, tangents):
+    (inputs,), (d_inputs,) = primals, tangents
+    stats = _row_stats(with_prob_dots, inputs)
+    d_inputs = jax.tree.map(lambda t: None if _no_tangent(t) else t, d_inputs, is_leaf=_no_tangent)
+    if all(leaf is None for leaf in jax.tree.leaves(d_inputs, is_leaf=lambda t: t is None)):
+        return stats, jax.tree.map(lambda s: SymbolicZero(jax.typeof(s)), stats)
+    d_stats = _tangent_map(with_prob_dots, inputs, stats, d_inputs)
+    zero = SymbolicZero(jax.typeof(stats.shift))
+    return stats, jax.tree.map(lambda d: zero if d is None else d, d_stats, is_leaf=_is_none)
+
+
+_row_stats.defjvp(_row_stats_jvp, symbolic_zeros=True)
+
+
+def _is_none(x: object) -> bool:
+    return x is None
+
+
+def _sum_rows(x: Array | None) -> Array | None:
+    return None if x is None else jnp.sum(x, axis=-1)
+
+
+def _scale(x: Array | None, factor: Array) -> Array | None:
+    return None if x is None else factor * x
+
+
+@functools.partial(
+    jax.checkpoint,
+    prevent_cse=False,
+    policy=jax.checkpoint_policies.nothing_saveable,
+    static_argnums=(0,),
+)
+def _tangent_map(
+    with_prob_dots: bool, inputs: _Inputs, stats: RowStats, d_inputs: _Inputs
+) -> RowStats:
+    """The tangents of `stats`, linear in `d_inputs` (None: no tangent).
+
+    Under `jax.checkpoint`, reverse mode recomputes the probabilities here in
+    the backward pass instead of storing them.
+    """
+    z, class_mask, labels, offsets, margins, targets = inputs
+    dz, _, _, d_offsets, d_margins, d_targets = d_inputs
+    dtype = stats.log_sum.dtype
+    ndim = z.ndim
+    # The backward pass reads the logits under its own name (XLA:CPU).
+    z, (shift, log_sum, picked) = by_platform(
+        z, (stats.shift, stats.log_sum, stats.picked), cpu=_xla_cpu.separate, default=separate
+    )
+    p = probabilities(z, class_mask, offsets, shift, log_sum)
+    # Tangent of the adjusted logits z̃ = z + δ (the margin is handled below).
+    dzf = None if dz is None else dz.astype(dtype)
+    dzt = sum_present(
+        dzf, None if d_offsets is None else expand_rank(d_offsets.astype(dtype), ndim)
+    )
+    d_log_sum = _sum_rows(None if dzt is None else p * dzt)
+
+    d_picked = margin = d_margin = None
+    if d_margins is not None and labels is not None:
+        d_margin = take_class(d_margins.astype(dtype), labels)
+    if labels is not None:
+        cpu_tangent = functools.partial(
+            _xla_cpu.label_tangent, in_place=dz is not None and dz.dtype == dtype
+        )
+        d_label = None
+        if dzf is not None:
+            d_label = by_platform(dzf, labels, cpu=cpu_tangent, default=label_tangent)
+        if d_offsets is not None:
+            d_label = sum_present(d_label, take_class(d_offsets.astype(dtype), labels))
+        d_picked = d_label
+        if margins is not None:
+            margin = take_class(margins.astype(dtype), labels)
+            # The label's probability with and without its margin, both under
+            # the margined normaliser: p'_y = e^{−m}·q_y.
+            p_label = jnp.exp(picked - shift - log_sum)
+            q_label = jnp.exp(picked + margin - shift - log_sum)
+            if d_label is not None:
+                d_log_sum = sum_present(d_log_sum, (p_label - q_label) * d_label)
+            if d_margin is not None:
+                d_log_sum = sum_present(d_log_sum, -p_label * d_margin)
+                d_picked = sum_present(d_picked, -d_margin)
+
+    zt = finite_or_zero(adjusted(z, offsets, dtype))
+    d_dots, d_prob_dots = [], []
+    for i, (t, dt) in enumerate(zip(targets, d_targets, strict=True)):
+        values = target_values(*t, ndim, dtype)
+        d_values = sum_present(
+            None if dt.rows is None else target_values(dt.rows, t.classes, ndim, dtype),
+            None if dt.classes is None else target_values(t.rows, dt.classes, ndim, dtype),
+        )
+        d_dot = sum_present(
+            _sum_rows(None if dzt is None else values * dzt),
+            _sum_rows(None if d_values is None else d_values * zt),
+        )
+        if margin is not None and labels is not None:
+            # dot = Σ t·(z + δ) − t_y·m_y: the margin's own terms.
+            d_dot = sum_present(
+                d_dot,
+                _scale(_d_target_at_label(t, dt, labels, dtype), -margin),
+                None if d_margin is None else -_target_at_label(t, labels, dtype) * d_margin,
+            )
+        d_dots.append(d_dot)
+        if with_prob_dots:
+            d_prob = sum_present(
+                _sum_rows(None if d_values is None else d_values * p),
+                _sum_rows(None if dzt is None else values * p * dzt),
+                _scale(d_log_sum, -stats.prob_dots[i]),
+            )
+            d_prob_dots.append(d_prob)
+    return RowStats(None, d_log_sum, d_picked, tuple(d_dots), tuple(d_prob_dots))  # type: ignore[arg-type]
+
+
+def row_stats(
+    logits: Array,
+    *,
+    class_mask: Array | None = None,
+    labels: Array | None = None,
+    offsets: Array | None = None,
+    margins: Array | None = None,
+    targets: tuple[Target, ...] = (),
+    with_prob_dots: bool = False,
+) -> RowStats:
+    """Per-row statistics of `[..., C]` logits, differentiable in every mode.
+
+    Args:
+      logits: `[..., C]` floating point.
+      class_mask: bool `[..., C]` of the classes in the softmax, or None for
+        all. Every row must keep at least one class.
+      labels: integer `[...]` within `[0, C)`, or None (then `picked` is 0).
+      offsets: `[C]` logit adjustment `δ` added inside the softmax, or None.
+      margins: `[C]` label margins `m` (with `labels`), or None.
+      targets: the targets of `dots` (and `prob_dots`).
+      with_prob_dots: compute `prob_dots` (static; not with `margins`).
+
+    Returns:
+      `RowStats` of `[...]` arrays in the compute dtype.
+    """
+    inputs = _Inputs(logits, class_mask, labels, offsets, margins, tuple(targets))
+    return _row_stats(with_prob_dots, inputs)

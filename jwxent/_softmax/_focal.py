@@ -1,0 +1,506 @@
+"""Softmax focal losses (Lin et al. 2017; Keras `CategoricalFocalCrossentropy`).
+
+Per example, with $p = \\mathrm{softmax}(\\tilde z)$ and targets $t_k$ (class
+weights times the possibly smoothed labels), the loss is
+$\\sum_k t_k\\,h(\\log p_k)$ with $h(\\lambda) = -(1 - e^{\\lambda})^{\\gamma}\\,\\lambda$.
+
+* The label's term needs only $\\log p_y$ = `−nll` per example: it comes from
+  the softmax core `row_stats`, and $h$ is applied to that `[batch]` vector in
+  plain JAX, so autodiff is exact and no one-hot or probability matrix is built.
+* Probability labels, and label smoothing, need a sum over classes of a
+  function of $p$. The private core `_focal_sums` computes it as a
+  `jax.custom_jvp` of the logits and the row's log-sum-exp (itself from
+  `row_stats`, whose derivative then supplies the softmax part):
+
+  $$
+  d\\ell = \\sum_k a_k\\,d\\tilde z_k - \\Bigl(\\sum_k a_k\\Bigr)\\,d\\,\\mathrm{lse}
+    + \\sum_k h_k\\,dt_k + d\\gamma\\sum_k t_k\\,\\partial_\\gamma h_k ,
+  \\qquad a_k = t_k\\,h'(\\log p_k),
+  $$
+
+  $$
+  h'(\\lambda) = -(1-p)^{\\gamma}\\Bigl(1 - \\gamma\\,p\\,\\frac{\\lambda}{1-p}\\Bigr),
+  \\qquad \\partial_\\gamma h = -(1-p)^{\\gamma}\\log(1-p)\\,\\lambda .
+  $$
+
+  $\\lambda / (1 - p)$ tends to $-1$ as $p \\to 1$ and takes that limit where
+  $1 - p$ rounds to 0. The tangent map runs under `jax.checkpoint`, so reverse
+  mode recomputes $p$ in the backward pass instead of storing it.
+
+`gamma` may be a Python number (an integer takes `integer_pow`) or a traced
+array (then it has a derivative too).
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+from jwxent import _checks, _reduction
+from jwxent._numerics import (
+    expand_rank,
+    hyperparameter,
+    is_python_number,
+    is_static_zero,
+    joined,
+    split_static,
+    sum_present,
+)
+from jwxent._softmax._core import RowStats, Target, row_stats
+from jwxent._softmax._inputs import (
+    PreparedLogits,
+    check_smoothing_without_class_mask,
+    cost_weight,
+    prepare_integer_labels,
+    prepare_probability_labels,
+    probability_smoothing,
+)
+from jwxent._softmax._losses import check_options, label_margin_vector, smoothing_target
+from jwxent._softmax._passes import adjusted, label_hits, masked, take_class, target_values
+from jwxent._typing import Array, ArrayLike, Axis, Reduction
+
+# ---------------------------------------------------------------------------
+# The focal term h(log p) = −(1 − p)^γ · log p.
+# ---------------------------------------------------------------------------
+
+
+def focal_power(u: Array, gamma: ArrayLike) -> Array:
+    """`u^γ` for `u` in [0, 1]: `integer_pow` for a Python integer, else a power."""
+    if is_python_number(gamma):
+        value = float(gamma)  # type: ignore[arg-type]
+        if value == 0:
+            return jnp.ones_like(u)
+        if value.is_integer():
+            return lax.integer_pow(u, int(value))
+        return u**value
+    return jnp.power(u, jnp.asarray(gamma).astype(u.dtype))
+
+
+def modulated_nll(log_p: Array, gamma: ArrayLike) -> Array:
+    """`−(1 − p)^γ · log p` of a vector of `log p`, differentiable by autodiff.
+
+    Where `p` rounds to 1 the loss is 0; the input is replaced there first so
+    that `(1 − p)^(γ − 1)` (infinite for γ < 1) and `log(1 − p)` never reach
+    the gradient.
+    """
+    if is_static_zero(gamma):
+        return -log_p
+    saturated = jnp.expm1(log_p) >= 0
+    safe_log_p = jnp.where(saturated, -1.0, log_p)
+    value = -focal_power(-jnp.expm1(safe_log_p), gamma) * safe_log_p
+    return jnp.where(saturated, jnp.zeros_like(value), value)
+
+
+def _focal_terms(log_p: Array, gamma: ArrayLike, live: Array) -> tuple[Array, Array, Array]:
+    """`h`, `h'` and `∂h/∂γ` at `log p`; 0 where not `live` (masked classes, −inf logits)."""
+    log_p = jnp.where(live, log_p, -1.0)
+    p = jnp.exp(log_p)
+    # 1 − p, never below 0 where rounding puts log p a hair above 0.
+    u = jnp.maximum(-jnp.expm1(log_p), 0.0)
+    modulator = focal_power(u, gamma)
+    positive = u > 0
+    safe_u = jnp.where(positive, u, 1.0)
+    # log p / (1 − p) → −1 as p → 1; take the limit where 1 − p rounds to 0.
+    ratio = jnp.where(positive, log_p / safe_u, -1.0)
+    g = hyperparameter(gamma, log_p.dtype)
+    h = -modulator * log_p
+    dh = -modulator * (1.0 - g * p * ratio)
+    dh_dgamma = jnp.where(positive, -modulator * jnp.log(safe_u) * log_p, 0.0)
+    zeros = jnp.zeros_like(h)
+    return tuple(jnp.where(live, x, zeros) for x in (h, dh, dh_dgamma))  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------
+# The custom-JVP core for sums over classes.
+# ---------------------------------------------------------------------------
+
+
+class _FocalInputs(NamedTuple):
+    logits: Array
+    class_mask: Array | None
+    labels: Array | None
+    offsets: Array | None
+    margins: Array | None
+    shift: Array
+    log_sum: Array
+    gamma: Array | None
+    targets: tuple[Target, ...]
+
+
+def _log_probs(inputs: _FocalInputs) -> tuple[Array, Array]:
+    """`log softmax(z̃)` from the given log-sum-exp, and where it is finite."""
+    dtype = inputs.log_sum.dtype
+    zt = adjusted(inputs.logits, inputs.offsets, dtype)
+    margin = _at_label(zt, inputs.labels, inputs.margins, dtype)
+    zt = masked(zt if margin is None else zt - margin, inputs.class_mask)
+    # Shift and log-sum subtracted one at a time: exact for huge logits.
+    log_p = zt - inputs.shift[..., None] - inputs.log_sum[..., None]
+    return log_p, jnp.isfinite(zt)
+
+
+def _at_label(
+    like: Array, labels: Array | None, values: Array | None, dtype: jnp.dtype
+) -> Array | None:
+    """`values[y]` at each row's label and 0 elsewhere, shaped like `like` (None if absent)."""
+    if values is None or labels is None:
+        return None
+    value = take_class(values.astype(dtype), labels)[..., None]
+    return jnp.where(label_hits(like, labels), value, jnp.zeros((), dtype))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _focal_sums(static_gamma: float | None, inputs: _FocalInputs) -> tuple[Array, ...]:
+    """Per-row `Σ_k t_k·h(log p_k)` for each target, `log p = z̃ − shift − log_sum`."""
+    log_p, live = _log_probs(inputs)
+    h, _, _ = _focal_terms(log_p, joined(static_gamma, inputs.gamma), live)
+    dtype = log_p.dtype
+    return tuple(jnp.sum(target_values(*t, log_p.ndim, dtype) * h, axis=-1) for t in inputs.targets)
+
+
+def _focal_sums_jvp(static_gamma, primals, tangents):
+    (inputs,), (d_inputs,) = primals, tangents
+    sums = _focal_sums(static_gamma, inputs)
+    d_inputs = jax.tree.map(
+        lambda t: None if isinstance(t, SymbolicZero) else t,
+        d_inputs,
+        is_leaf=lambda t: isinstance(t, SymbolicZero),
+    )
+    d_sums = _focal_tangents(static_gamma, inputs, d_inputs)
+    zero = SymbolicZero(jax.typeof(inputs.log_sum))
+    return sums, tuple(zero if d is None else d for d in d_sums)
+
+
+_focal_sums.defjvp(_focal_sums_jvp, symbolic_zeros=True)
+
+
+@functools.partial(
+    jax.checkpoint,
+    prevent_cse=False,
+    policy=jax.checkpoint_policies.nothing_saveable,
+    static_argnums=(0,),
+)
+def _focal_tangents(
+    static_gamma: float | None, inputs: _FocalInputs, d_inputs: _FocalInputs
+) -> tuple[Array | None, ...]:
+    """The tangents of `_focal_sums`, linear in `d_inputs` (None: no tangent)."""
+    dz, _, _, d_offsets, d_margins, d_shift, d_log_sum, d_gamma, d_targets = d_inputs
+    log_p, live = _log_probs(inputs)
+    dtype = log_p.dtype
+    h, dh, dh_dgamma = _focal_terms(log_p, joined(static_gamma, inputs.gamma), live)
+    d_margin = _at_label(log_p, inputs.labels, d_margins, dtype)
+    dzt = sum_present(
+        None if dz is None else dz.astype(dtype),
+        None if d_offsets is None else expand_rank(d_offsets.astype(dtype), log_p.ndim),
+        None if d_margin is None else -d_margin,
+    )
+    d_lse = sum_present(d_shift, d_log_sum)
+    d_sums = []
+    for t, dt in zip(inputs.targets, d_targets, strict=True):
+        values = target_values(*t, log_p.ndim, dtype)
+        a = values * dh
+        d_values = sum_present(
+            None if dt.rows is None else target_values(dt.rows, t.classes, log_p.ndim, dtype),
+            None if dt.classes is None else target_values(t.rows, dt.classes, log_p.ndim, dtype),
+        )
+        terms = [
+            None if dzt is None else jnp.sum(a * dzt, axis=-1),
+            None if d_lse is None else -jnp.sum(a, axis=-1) * d_lse,
+            None if d_values is None else jnp.sum(d_values * h, axis=-1),
+            None if d_gamma is None else jnp.sum(values * dh_dgamma, axis=-1) * d_gamma,
+        ]
+        d_sums.append(sum_present(*terms))
+    return tuple(d_sums)
+
+
+def focal_sums(
+    z: Array,
+    stats: RowStats,
+    *,
+    class_mask: Array | None,
+    offsets: Array | None,
+    gamma: ArrayLike,
+    targets: tuple[Target, ...],
+    labels: Array | None = None,
+    margins: Array | None = None,
+) -> tuple[Array, ...]:
+    """`Σ_k t_k·h(log p_k)` per row for each target, differentiable in every mode.
+
+    `p` is the softmax of `row_stats`, whose `stats` are given: `z + δ`, and
+    with `margins` the label's logit lowered by its margin.
+    """
+    static_gamma, gamma_array = split_static(gamma, stats.shift.dtype)
+    inputs = _FocalInputs(
+        z,
+        class_mask,
+        labels,
+        offsets,
+        margins,
+        stats.shift,
+        stats.log_sum,
+        gamma_array,
+        tuple(targets),
+    )
+    return _focal_sums(static_gamma, inputs)
+
+
+def _check_focal_options(gamma, label_smoothing, z_loss, reduction) -> None:
+    check_options(label_smoothing, z_loss, reduction)
+    _checks.check_nonnegative(gamma, "gamma")
+
+
+# ---------------------------------------------------------------------------
+# Public losses.
+# ---------------------------------------------------------------------------
+
+
+def softmax_focal_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: ArrayLike = 2.0,
+    axis: Axis | None = -1,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    class_weights: ArrayLike | None = None,
+    cost_matrix: ArrayLike | None = None,
+    label_smoothing: ArrayLike = 0.0,
+    z_loss: ArrayLike = 0.0,
+    logit_adjustment: ArrayLike | None = None,
+    reduction: Reduction = "none",
+) -> Array:
+    r"""Multi-class softmax focal loss with probability (or one-hot) labels.
+
+    Keras's `CategoricalFocalCrossentropy(from_logits=True)` semantics, with
+    Keras's `alpha` as `class_weights` (Keras's scalar default `alpha=0.25`
+    is `class_weights=jnp.full(C, 0.25)`; jwxent's default is no weighting).
+    With $p = \mathrm{softmax}(z + \delta)$, class weights $c_k$ and smoothed
+    labels $\tilde q = (1 - \varepsilon)\,q + \varepsilon / C$:
+
+    $$
+    \ell = -\sum_k c_k\,\tilde q_k\,(1 - p_k)^{\gamma}\log p_k
+      + \lambda_z\,w_q\,\mathrm{lse}^2 .
+    $$
+
+    $\gamma = 0$ gives `softmax_cross_entropy` with the same class weights.
+    The example's weight for the `"weighted_mean"` denominator is
+    $w_q = \text{weights}\cdot\sum_k c_k q_k$ (just `weights` without
+    `class_weights`), as in `softmax_cross_entropy`. Unlike Keras, which
+    clips the softmax to $[10^{-7}, 1 - 10^{-7}]$ before the logarithm, the
+    loss uses the exact $\log p$, as optax and PyTorch do.
+
+    Args:
+      logits: `[*batch, num_classes]` floating point.
+      labels: probabilities broadcastable to `logits.shape`.
+      gamma: focusing exponent $\gamma \ge 0$: a Python number (an integer
+        takes a faster path) or a (traced) scalar array.
+      axis: class axis or tuple of axes (or None for all), as in optax.
+      where: bool `[*batch]` example mask or logits-shaped class mask (optax).
+        Masked examples give exactly 0 loss and 0 gradient.
+      weights: per-example multiplier broadcastable to `[*batch]`.
+      class_weights: `[num_classes]`, Keras's per-class `alpha`.
+      cost_matrix: `[num_classes, num_classes]`; the example is weighted by
+        $\sum_y q_y M_{y,\arg\max z}$.
+      label_smoothing: $\varepsilon \in [0, 1)$, applied to the labels first.
+      z_loss: $\lambda_z \ge 0$.
+      logit_adjustment: `[num_classes]` offsets $\delta$ added inside the
+        softmax only.
+      reduction: `"none"`, `"sum"`, `"mean"`, `"weighted_mean"` or
+        `"sum_by_nonzero_weights"`.
+
+    Returns:
+      `[*batch]` for `reduction="none"`, else a scalar; float32 for
+      half-precision logits, the logits' dtype otherwise.
+
+    Raises:
+      TypeError: non-floating `logits`.
+      ValueError: negative `gamma`, shapes that do not broadcast, bad options.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jwxent
+      >>> logits = jnp.log(jnp.array([[0.7, 0.2, 0.1], [0.25, 0.5, 0.25]]))
+      >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.softmax_focal_loss(logits, labels))
+      [0.0321 0.7798]
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.softmax_focal_loss(logits, labels, gamma=0.0))
+      [0.3567 1.3863]
+
+    Notes:
+      A `jax.custom_jvp` over the class sum (see the module notes) on top of
+      the softmax core; the cotangents of `labels`, `class_weights` and a
+      traced `gamma` are returned too. Forward and reverse mode both work.
+
+    References:
+      Lin et al., *Focal Loss for Dense Object Detection*, ICCV 2017; Keras,
+      `keras.losses.CategoricalFocalCrossentropy`.
+    """
+    _check_focal_options(gamma, label_smoothing, z_loss, reduction)
+    prepared = PreparedLogits(logits, axis, where)
+    mask = prepared.row_mask
+    q = prepare_probability_labels(labels, prepared, mask)
+    cw = prepared.class_vector(class_weights, "class_weights")
+    offsets = prepared.class_vector(logit_adjustment, "logit_adjustment")
+    z, class_mask = prepared.masked_inputs(mask)
+    stats = row_stats(z, class_mask=class_mask, offsets=offsets)
+    smoothed = not is_static_zero(label_smoothing)
+    targets = (Target(q, cw),) + ((probability_smoothing(prepared, cw)[0],) if smoothed else ())
+    sums = focal_sums(
+        z, stats, class_mask=class_mask, offsets=offsets, gamma=gamma, targets=targets
+    )
+    loss = sums[0]
+    if smoothed:
+        epsilon = hyperparameter(label_smoothing, prepared.dtype)
+        loss = (1.0 - epsilon) * loss + (epsilon / prepared.num_classes) * sums[1]
+    label_weight = (
+        None if cw is None else jnp.sum(q.astype(prepared.dtype) * expand_rank(cw, q.ndim), axis=-1)
+    )
+    if not is_static_zero(z_loss):
+        penalty = hyperparameter(z_loss, prepared.dtype) * jnp.square(stats.lse)
+        loss = loss + _reduction.scale(penalty, label_weight)
+    cost = cost_weight(cost_matrix, prepared, z, class_mask, probabilities=q)
+    return _reduction.finish(
+        loss, reduction, weights=weights, mask=mask, label_weight=label_weight, cost=cost
+    )
+
+
+def softmax_focal_loss_with_integer_labels(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: ArrayLike = 2.0,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    class_weights: ArrayLike | None = None,
+    cost_matrix: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: ArrayLike = 0.0,
+    z_loss: ArrayLike = 0.0,
+    logit_adjustment: ArrayLike | None = None,
+    label_margins: ArrayLike | None = None,
+    reduction: Reduction = "none",
+) -> Array:
+    r"""Multi-class softmax focal loss with integer labels, no one-hot built.
+
+    `softmax_focal_loss` for integer labels. Per example, with class weights
+    $c_k$, label smoothing $\varepsilon$, $C$ classes and $p$ the softmax of
+    the adjusted (and, for the label, margined) logits of
+    `softmax_cross_entropy_with_integer_labels`:
+
+    $$
+    \ell = -(1 - \varepsilon)\,c_y\,(1 - p_y)^{\gamma}\log p_y
+      - \frac{\varepsilon}{C}\sum_k c_k\,(1 - p_k)^{\gamma}\log p_k
+      + \lambda_z\,c_y\,\mathrm{lse}^2 ,
+    $$
+
+    the focal version of PyTorch's smoothed, class-weighted cross-entropy.
+    The example's weight is $w = \text{weights}\cdot c_y\cdot
+    M_{y,\arg\max z}$, and $\gamma = 0$ gives
+    `softmax_cross_entropy_with_integer_labels`. Cui et al.'s class-balanced
+    focal loss is `class_weights` from
+    `class_weights_from_counts(method="effective_number")` with this loss.
+
+    Args:
+      logits: `[*batch, num_classes]` floating point.
+      labels: integer `[*batch]` class indices in `[0, num_classes)`.
+      gamma: focusing exponent $\gamma \ge 0$: a Python number or a (traced)
+        scalar array.
+      axis: class axis, or a tuple of axes (a label is then a flat index).
+      where: bool `[*batch]` example mask or logits-shaped class mask.
+      weights: per-example multiplier broadcastable to `[*batch]`.
+      class_weights: `[num_classes]`, gathered by label.
+      cost_matrix: `[num_classes, num_classes]`; the example is weighted by
+        `cost_matrix[y, argmax(logits)]`.
+      ignore_index: examples with this label are masked (PyTorch).
+      label_smoothing: $\varepsilon \in [0, 1)$.
+      z_loss: $\lambda_z \ge 0$.
+      logit_adjustment: `[num_classes]` offsets added inside the softmax.
+      label_margins: `[num_classes]` margins subtracted from the label's logit.
+      reduction: one of the five reductions.
+
+    Returns:
+      `[*batch]` for `reduction="none"`, else a scalar; float32 for
+      half-precision logits, the logits' dtype otherwise.
+
+    Raises:
+      TypeError: non-floating `logits`, non-integer `labels`.
+      ValueError: negative `gamma`, mismatched shapes, bad options, and, in
+        eager calls, labels out of range. Under `jit` an out-of-range label
+        gives NaN for its example.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jwxent
+      >>> logits = jnp.log(jnp.array([[0.7, 0.2, 0.1], [0.25, 0.5, 0.25]]))
+      >>> labels = jnp.array([0, 2])
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.softmax_focal_loss_with_integer_labels(logits, labels))
+      [0.0321 0.7798]
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.softmax_focal_loss_with_integer_labels(
+      ...         logits, labels, class_weights=jnp.array([1.0, 1.0, 0.5])))
+      [0.0321 0.3899]
+
+    Notes:
+      Without label smoothing the derivative is autodiff of a `[batch]`
+      function on top of the softmax core's `jax.custom_jvp`; with smoothing,
+      the custom JVP of the class sum as well. Forward and reverse mode both
+      work.
+
+    References:
+      Lin et al., *Focal Loss for Dense Object Detection*, ICCV 2017. Cui et
+      al., *Class-Balanced Loss Based on Effective Number of Samples*, CVPR 2019.
+    """
+    _check_focal_options(gamma, label_smoothing, z_loss, reduction)
+    prepared = PreparedLogits(logits, axis, where)
+    check_smoothing_without_class_mask(label_smoothing, prepared)
+    targets = prepare_integer_labels(
+        labels,
+        batch_shape=prepared.batch_shape,
+        num_classes=prepared.num_classes,
+        dtype=prepared.dtype,
+        row_mask=prepared.row_mask,
+        class_weights=class_weights,
+        ignore_index=ignore_index,
+    )
+    offsets = prepared.class_vector(logit_adjustment, "logit_adjustment")
+    margins = label_margin_vector(label_margins, prepared)
+    z, class_mask = prepared.masked_inputs(targets.mask)
+    stats = row_stats(
+        z, class_mask=class_mask, labels=targets.labels, offsets=offsets, margins=margins
+    )
+    log_p_label = -stats.nll
+    loss = _reduction.scale(modulated_nll(log_p_label, gamma), targets.label_weight)
+    smoothing = smoothing_target(targets, label_smoothing)
+    if smoothing is not None:
+        epsilon = hyperparameter(label_smoothing, prepared.dtype)
+        (spread,) = focal_sums(
+            z,
+            stats,
+            class_mask=class_mask,
+            offsets=offsets,
+            gamma=gamma,
+            targets=(smoothing,),
+            labels=targets.labels,
+            margins=margins,
+        )
+        loss = (1.0 - epsilon) * loss + (epsilon / prepared.num_classes) * spread
+    if not is_static_zero(z_loss):
+        penalty = hyperparameter(z_loss, prepared.dtype) * jnp.square(stats.lse)
+        loss = loss + _reduction.scale(penalty, targets.label_weight)
+    # Out-of-range labels under jit: NaN for that example, never a clamped value.
+    loss = jnp.where(targets.valid, loss, jnp.nan)
+    cost = cost_weight(cost_matrix, prepared, z, class_mask, labels=targets.labels)
+    return _reduction.finish(
+        loss,
+        reduction,
+        weights=weights,
+        mask=targets.mask,
+        label_weight=targets.label_weight,
+        cost=cost,
+    )

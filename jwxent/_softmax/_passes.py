@@ -1,0 +1,137 @@
+"""The passes over the logits that the softmax core is built from, generic forms.
+
+Each pass reads the logits in their own dtype and converts inside its fusion.
+`_xla_cpu.py` has an XLA:CPU form of some of them with the same signature;
+`_core.py` chooses between the two with `_platform.by_platform`.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jwxent._numerics import compute_dtype, expand_rank
+from jwxent._typing import Array
+
+# ---------------------------------------------------------------------------
+# Elementwise pieces, shared with the XLA:CPU forms.
+# ---------------------------------------------------------------------------
+
+
+def adjusted(z: Array, offsets: Array | None, dtype: jnp.dtype) -> Array:
+    """`z + δ` in `dtype`, the `[C]` offsets broadcast along the rows."""
+    z = z.astype(dtype)
+    if offsets is None:
+        return z
+    return z + expand_rank(offsets.astype(dtype), z.ndim)
+
+
+def masked(z: Array, class_mask: Array | None) -> Array:
+    """`z` with the classes outside `class_mask` at −inf."""
+    if class_mask is None:
+        return z
+    return jnp.where(class_mask, z, jnp.array(-jnp.inf, z.dtype))
+
+
+def finite_or_zero_shift(row_max: Array) -> Array:
+    """A row of −inf has max −inf; shift by 0 instead so the result is −inf, not NaN."""
+    return jnp.where(jnp.isfinite(row_max), row_max, jnp.zeros_like(row_max))
+
+
+def target_values(rows: Array | None, classes: Array | None, ndim: int, dtype: jnp.dtype) -> Array:
+    """`rows · classes` in `dtype`, broadcastable against `[..., C]` (1 if both are None)."""
+    parts = [expand_rank(a.astype(dtype), ndim) for a in (rows, classes) if a is not None]
+    if not parts:
+        return jnp.ones((1,) * ndim, dtype)
+    return parts[0] if len(parts) == 1 else parts[0] * parts[1]
+
+
+def class_axis_is_sharded(x: Array) -> bool:
+    """Whether the type of `x` shards its last (class) axis (explicit mesh axes)."""
+    spec: tuple = tuple(getattr(jax.typeof(x).sharding, "spec", ()))
+    return len(spec) == x.ndim and spec[-1] is not None
+
+
+def explicitly_sharded(x: Array) -> bool:
+    """Whether the type of `x` names mesh axes (sharding in types)."""
+    spec = tuple(getattr(jax.typeof(x).sharding, "spec", ()))
+    return any(axis is not None for axis in spec)
+
+
+def row_zeros(z: Array, dtype: jnp.dtype) -> Array:
+    """Zeros of `z`'s row shape `[...]` in `dtype`, laid out like `z`'s rows."""
+    sharding = jax.typeof(z).sharding
+    out_sharding = None
+    if explicitly_sharded(z):
+        out_sharding = jax.sharding.NamedSharding(sharding.mesh, jax.P(*sharding.spec[:-1]))
+    return jnp.zeros(z.shape[:-1], dtype, out_sharding=out_sharding)
+
+
+def label_hits(z: Array, labels: Array) -> Array:
+    """Bool `[..., C]`: True at each row's label. An iota compare, not a one-hot."""
+    # Laid out like the logits, so that the compare needs no resharding.
+    sharding = jax.typeof(z).sharding
+    classes = lax.broadcasted_iota(labels.dtype, z.shape, z.ndim - 1, out_sharding=sharding)
+    return classes == labels[..., None]
+
+
+def take_class(table: Array, labels: Array) -> Array:
+    """`table[labels]` for a `[C]` table, laid out like `labels` (also sharded in types)."""
+    return table.at[labels].get(mode="clip", out_sharding=jax.typeof(labels).sharding)
+
+
+# ---------------------------------------------------------------------------
+# The passes over the logits, generic forms.
+# ---------------------------------------------------------------------------
+
+
+def label_logit(z: Array, labels: Array) -> Array:
+    """`z[..., label]` per row in `z`'s dtype: a gather, or a masked sum.
+
+    When the class axis is sharded in the array's type a gather cannot be
+    placed without gathering the classes; the masked sum adds one value to
+    zeros, so it is exact in any dtype, and only `[batch]` partial sums cross
+    devices.
+    """
+    if class_axis_is_sharded(z):
+        return label_tangent(z, labels)
+    index = labels[..., None].astype(jnp.int32)
+    return jnp.take_along_axis(z, index, axis=-1, mode="promise_in_bounds")[..., 0]
+
+
+def label_tangent(dz: Array, labels: Array) -> Array:
+    """`dz[..., label]` by a masked row sum: its transpose is a fused select."""
+    hits = label_hits(dz, labels)
+    return jnp.sum(jnp.where(hits, dz, jnp.zeros_like(dz)), axis=-1, dtype=dz.dtype)
+
+
+def shift_and_log_sum(
+    z: Array, class_mask: Array | None, offsets: Array | None, label_shift: Array | None
+) -> tuple[Array, Array]:
+    """`(shift, log Σ_k exp(z̃_k − shift))` per row, shifted by the row max of `z̃`.
+
+    `label_shift` (the label's logit) is an alternative shift that only the
+    XLA:CPU form uses.
+    """
+    del label_shift
+    zt = masked(adjusted(z, offsets, compute_dtype(z.dtype)), class_mask)
+    shift = finite_or_zero_shift(jnp.max(zt, axis=-1))
+    return shift, jnp.log(jnp.sum(jnp.exp(zt - shift[..., None]), axis=-1))
+
+
+def target_dot(z: Array, offsets: Array | None, rows: Array | None, classes: Array | None) -> Array:
+    """`Σ_k t_k z̃_k` per row with `t = rows · classes`, and `0·(−inf) = 0`."""
+    dtype = compute_dtype(z.dtype)
+    t = target_values(rows, classes, z.ndim, dtype)
+    products = t * adjusted(z, offsets, dtype)
+    return jnp.sum(jnp.where(t == 0, jnp.zeros_like(products), products), axis=-1)
+
+
+def separate(z: Array, stats: tuple[Array, ...]) -> tuple[Array, tuple[Array, ...]]:
+    """The identity; XLA:CPU's form keeps the passes from sharing a convert."""
+    return z, stats
+
+
+def probabilities(z, class_mask, offsets, shift, log_sum) -> Array:
+    """`exp(z̃ − shift − log_sum)`: the softmax, 0 on masked classes."""
+    zt = masked(adjusted(z, offsets, shift.dtype), class_mask)
+    return jnp.exp(zt - shift[..., None] - log_sum[..., None])

@@ -1,0 +1,186 @@
+"""XLA:CPU forms of the softmax core's passes (selected by `_platform.by_platform`).
+
+Each function here has the signature of the generic pass it replaces in
+`_passes.py` and computes the same numbers. They exist because of how XLA:CPU
+compiles row reductions; none of them helps, and some of them would hurt, on
+a GPU or a TPU. What each one buys was measured with `benchmarks/` on a
+2-core AMD EPYC (jax 0.10.2) and is recorded in `docs/performance.md`:
+
+* XLA:CPU sends row reductions to a library fusion that accepts a
+  bf16 → f32 `convert` inside it, but a convert with two consumers is computed
+  once and written out: a float32 copy of the logits. `separate` gives each
+  pass its own name for the logits (an optimisation barrier, free for an array
+  that exists), and `label_logit` gathers raw bits, so that no convert is
+  shared. Without them bf16 `value_and_grad` keeps a 1 GB float32 copy at
+  8192 × 32000 and runs at 0.5× optax instead of 0.3×.
+* `shift_and_log_sum` shifts by the label's logit instead of the row max when
+  there are integer labels: one reducing pass instead of two. `Σ exp(z − z_y)`
+  is at least 1, so it cannot underflow; when some logit exceeds the label's
+  by more than ~88 (float32) it overflows, and a `lax.cond` then recomputes
+  the batch with the max shift. The log stays out of the library reduction
+  (it runs ~4× slower with the log fused in), and rows longer than 32768 are
+  summed in pieces (the library reduction is ~4× slower per element past
+  that).
+* `target_dot` with a `[C]` target is a matrix-vector product, 5–6× faster
+  than a row sum of `c·z` with `c` broadcast along the row.
+* `label_tangent` gathers the label's tangent; the transpose is then one
+  in-place scatter after the fused backward pass instead of an iota compare
+  at every element (~12% of the backward pass at 65536 × 1000 in float32).
+"""
+
+import jax.numpy as jnp
+from jax import lax
+
+from jwxent._numerics import compute_dtype
+from jwxent._softmax import _passes
+from jwxent._typing import Array
+
+# The library row reduction runs ~4x slower per element on rows longer than
+# about this many elements (measured: 32768 fast, 64000 slow).
+_ROW_PIECE = 32768
+
+
+def separate(logits: Array, stats: tuple[Array, ...]) -> tuple[Array, tuple[Array, ...]]:
+    """The logits and row statistics under new names, so that a pass fuses on its own.
+
+    `stats`, small arrays that differ from pass to pass, also keep XLA from
+    merging the barriers themselves; the pass must use the returned ones, or
+    XLA merges their broadcasts with another pass's and writes them out.
+    """
+    return lax.optimization_barrier((logits, stats))
+
+
+def _row_pieces(num_classes: int) -> int:
+    """The fewest equal pieces, at most 64, of at most `_ROW_PIECE` classes (else 1)."""
+    for pieces in range(1, 65):
+        if num_classes % pieces == 0 and num_classes // pieces <= _ROW_PIECE:
+            return pieces
+    return 1
+
+
+def _sum_exp(z: Array, offsets: Array | None, shift: Array) -> Array:
+    """`Σ_k exp(z_k + δ_k − shift)` per row, accumulated in `shift.dtype`.
+
+    Long rows are summed as equal pieces, then the pieces; the barriers keep
+    XLA from merging the two sums back into one (and from moving the convert
+    in front of the reshape, which would give the library the long rows).
+    """
+    dtype = shift.dtype
+    pieces = _row_pieces(z.shape[-1])
+    if pieces == 1:
+        zt = _passes.adjusted(z, offsets, dtype)
+        return jnp.sum(jnp.exp(zt - shift[..., None]), axis=-1)
+    split = z.reshape(*z.shape[:-1], pieces, -1)
+    split_offsets = None if offsets is None else offsets.reshape(pieces, -1)
+    split, shift = lax.optimization_barrier((split, shift))
+    zt = _passes.adjusted(split, split_offsets, dtype)
+    partial = jnp.sum(jnp.exp(zt - shift[..., None, None]), axis=-1)
+    return jnp.sum(lax.optimization_barrier(partial), axis=-1)
+
+
+def _log(total: Array) -> Array:
+    # A no-op (`total` is >= 0 or NaN) that keeps the log out of the library
+    # row reduction, where it makes the reduction ~4x slower.
+    return jnp.log(jnp.where(total >= 0, total, jnp.nan))
+
+
+def _max_shift(z: Array, class_mask: Array | None, offsets: Array | None) -> tuple[Array, Array]:
+    dtype = compute_dtype(z.dtype)
+    if class_mask is not None:
+        z = jnp.where(class_mask, z, jnp.array(-jnp.inf, z.dtype))
+    # Without offsets the max is exact in the logits' own dtype, and taking it
+    # there leaves the sum the only reader of the converted logits.
+    shifted = z if offsets is None else _passes.adjusted(z, offsets, dtype)
+    shift = _passes.finite_or_zero_shift(jnp.max(shifted, axis=-1)).astype(dtype)
+    return shift, _log(_sum_exp(z, offsets, shift))
+
+
+def shift_and_log_sum(
+    z: Array, class_mask: Array | None, offsets: Array | None, label_shift: Array | None
+) -> tuple[Array, Array]:
+    """`_passes.shift_and_log_sum`, in one pass shifted by the label's logit if there is one."""
+    if label_shift is None:
+        return _max_shift(z, class_mask, offsets)
+    log_sum = _log(_sum_exp(z, offsets, label_shift))
+    finite = jnp.all(jnp.isfinite(log_sum))
+    return lax.cond(
+        finite, lambda: (label_shift, log_sum), lambda: _max_shift(z, class_mask, offsets)
+    )
+
+
+def label_logit(z: Array, labels: Array) -> Array:
+    """`_passes.label_logit`, gathered as raw bits in the logits' dtype.
+
+    Gathering the bits keeps XLA from moving a later float32 convert in front
+    of the gather, which would make the convert of all the logits shared.
+    """
+    if _passes.class_axis_is_sharded(z):
+        return _passes.label_logit(z, labels)
+    bits = lax.bitcast_convert_type(z, jnp.dtype(f"uint{8 * z.dtype.itemsize}"))
+    return lax.bitcast_convert_type(_passes.label_logit(bits, labels), z.dtype)
+
+
+def target_dot(z: Array, offsets: Array | None, rows: Array | None, classes: Array | None) -> Array:
+    """`_passes.target_dot`: a matrix-vector product for a `[C]` target.
+
+    A product gives NaN for `0·(−inf)` (or NaN logits); only then is the
+    clamped row sum computed instead.
+    """
+    if rows is not None or classes is None or _passes.class_axis_is_sharded(z):
+        return _clamped_dot(z, offsets, rows, classes)
+    dtype = compute_dtype(z.dtype)
+    c = classes.astype(dtype)
+    fast = _matvec(z, c)
+    if offsets is not None:
+        fast = fast + jnp.dot(c, offsets.astype(dtype))
+    return lax.cond(
+        jnp.any(jnp.isnan(fast)), lambda: _clamped_dot(z, offsets, rows, classes), lambda: fast
+    )
+
+
+def _clamped_dot(
+    z: Array, offsets: Array | None, rows: Array | None, classes: Array | None
+) -> Array:
+    """A row sum of `t·max(z̃, floor(t))`, exact with −inf logits.
+
+    The floor is −inf where `t > 0` (so `t·(−inf)` stays −inf) and the lowest
+    finite value where `t = 0` (so `0·(−inf)` becomes 0). Only arithmetic that
+    XLA:CPU fuses into its row reduction: a `where` there would be written out
+    as a `[batch, classes]` array.
+    """
+    dtype = compute_dtype(z.dtype)
+    t = _passes.target_values(rows, classes, z.ndim, dtype)
+    floor = jnp.finfo(dtype).min / (1 - jnp.sign(t))
+    return jnp.sum(t * jnp.maximum(_passes.adjusted(z, offsets, dtype), floor), axis=-1)
+
+
+def _matvec(logits: Array, vector: Array) -> Array:
+    """`logits @ vector` with `vector` in the compute dtype, accumulated in it.
+
+    The library matrix product takes bf16 × bf16 → f32 but no mixed vectors,
+    so a float32 vector is split into two bf16 columns (high and low parts).
+    """
+    highest = lax.Precision.HIGHEST
+    if logits.dtype == vector.dtype:
+        return jnp.matmul(logits, vector, precision=highest)
+    high = vector.astype(logits.dtype)
+    low = (vector - high.astype(vector.dtype)).astype(logits.dtype)
+    parts = jnp.matmul(
+        logits,
+        jnp.stack([high, low], axis=-1),
+        precision=highest,
+        preferred_element_type=vector.dtype,
+    )
+    return parts[..., 0] + parts[..., 1]
+
+
+def label_tangent(dz: Array, labels: Array, *, in_place: bool) -> Array:
+    """`_passes.label_tangent` by a gather, whose transpose is an in-place scatter.
+
+    `in_place` is False for half-precision logits (XLA:CPU computes a
+    half-precision scatter in float32 through a float32 copy of the gradient);
+    sharding in types cannot place the scatter either. Both keep the compare.
+    """
+    if in_place and not _passes.explicitly_sharded(dz):
+        return _passes.label_logit(dz, labels)
+    return _passes.label_tangent(dz, labels)
