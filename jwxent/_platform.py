@@ -1,11 +1,26 @@
 """Backend-specific code paths, chosen when the program is lowered.
 
 jwxent's losses are written once for every backend. A few passes have a
-faster form on one compiler only (the XLA:CPU workarounds of `_xla_cpu.py`,
-each with the measurement that justifies it). `by_platform` stages both forms
-with `lax.platform_dependent`: JAX resolves the choice when it lowers for a
-platform, so the CUDA and TPU programs contain only the generic form (no
-`case`, no optimisation barrier) and XLA:CPU only its own.
+faster form on one compiler only (the XLA:CPU workarounds of
+`_softmax/_xla_cpu.py`, each with the measurement that justifies it).
+`by_platform(*args, cpu=f, default=g)` computes `f(*args)` in a program
+lowered for XLA:CPU and `g(*args)` in any other: the CUDA and TPU programs
+contain only the generic form, with no `case`, no `if` and no optimisation
+barrier, and the CPU program only its own. `f` and `g` must compute the same
+function.
+
+It is a small JAX primitive (`lax.platform_dependent` would do the same but
+leaves constant-index `case` ops in the lowered program):
+
+* lowering: the form for the platform being lowered; a multi-platform
+  lowering (`jax.export`) falls back to `lax.platform_dependent`;
+* abstract evaluation: the generic form's output types (shapes, dtypes,
+  shardings, varying mesh axes);
+* eager evaluation: the form of the default backend;
+* `vmap`: the primitive again, over the vmapped forms;
+* forward mode: the generic form's JVP (the derivative rules of the losses
+  never differentiate these passes; `separate`, an identity, is the only
+  one reached by higher-order derivatives).
 
 `generic_only()` makes every call take the generic form while it is active,
 so that the tests run the GPU/TPU path on CPU. It acts at trace time: trace
@@ -17,7 +32,10 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import jax
 from jax import lax
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 _state = threading.local()
 
@@ -34,7 +52,87 @@ def generic_only() -> Iterator[None]:
 
 
 def by_platform(*args: Any, cpu: Callable[..., Any], default: Callable[..., Any]) -> Any:
-    """`cpu(*args)` when lowered for XLA:CPU, `default(*args)` everywhere else."""
+    """`cpu(*args)` when lowered for XLA:CPU, `default(*args)` everywhere else.
+
+    `args` and the results may be pytrees (with None leaves).
+    """
     if getattr(_state, "generic_only", False):
         return default(*args)
-    return lax.platform_dependent(*args, cpu=cpu, default=default)
+    flat, tree = jax.tree.flatten(args)
+    cpu_form, default_form = _Flat(cpu, tree), _Flat(default, tree)
+    outs = _per_platform_p.bind(*flat, cpu=cpu_form, default=default_form)
+    out_tree = default_form.out_tree
+    if out_tree is None:  # the output types came from a cache: trace for the structure
+        out_tree = jax.tree.structure(jax.eval_shape(default, *args))
+    return jax.tree.unflatten(out_tree, outs)
+
+
+class _Flat:
+    """A function of pytrees as a function of flat lists, hashable by what it wraps."""
+
+    def __init__(self, fn: Callable[..., Any], in_tree: Any):
+        self.fn, self.in_tree = fn, in_tree
+        self.out_tree: Any = None
+
+    def __call__(self, *flat: Any) -> list[Any]:
+        out = self.fn(*jax.tree.unflatten(self.in_tree, flat))
+        leaves, self.out_tree = jax.tree.flatten(out)
+        return leaves
+
+    def __hash__(self) -> int:
+        return hash((self.fn, self.in_tree))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Flat) and self.fn == other.fn and self.in_tree == other.in_tree
+
+
+_per_platform_p = Primitive("jwxent_per_platform")
+_per_platform_p.multiple_results = True
+
+
+@_per_platform_p.def_abstract_eval
+def _abstract_eval(*avals, cpu, default):
+    del cpu
+    return jax.make_jaxpr(default)(*avals).out_avals
+
+
+@_per_platform_p.def_impl
+def _impl(*args, cpu, default):
+    return (cpu if jax.default_backend() == "cpu" else default)(*args)
+
+
+def _lowering(ctx, *args, cpu, default):
+    platforms = set(ctx.module_context.platforms)
+    if platforms == {"cpu"}:
+        form = cpu
+    elif "cpu" not in platforms:
+        form = default
+    else:
+        form = lambda *a: lax.platform_dependent(*a, cpu=cpu, default=default)
+    return mlir.lower_fun(form, multiple_results=True)(ctx, *args)
+
+
+mlir.register_lowering(_per_platform_p, _lowering)
+
+
+def _batch(args, dims, *, cpu, default):
+    in_axes = tuple(d if isinstance(d, int) else None for d in dims)
+    tree = jax.tree.structure(tuple(args))
+
+    def vmapped(form: _Flat) -> _Flat:
+        return _Flat(lambda *a: jax.vmap(form, in_axes=in_axes)(*a), tree)
+
+    outs = _per_platform_p.bind(*args, cpu=vmapped(cpu), default=vmapped(default))
+    return outs, [0] * len(outs)
+
+
+batching.primitive_batchers[_per_platform_p] = _batch
+
+
+def _jvp(primals, tangents, *, cpu, default):
+    outs = _per_platform_p.bind(*primals, cpu=cpu, default=default)
+    tangents = [ad.instantiate_zeros(t) for t in tangents]
+    return outs, jax.jvp(default, tuple(primals), tuple(tangents))[1]
+
+
+ad.primitive_jvps[_per_platform_p] = _jvp

@@ -242,12 +242,7 @@ def _tangent_map(
     if d_margins is not None and labels is not None:
         d_margin = take_class(d_margins.astype(dtype), labels)
     if labels is not None:
-        cpu_tangent = functools.partial(
-            _xla_cpu.label_tangent, in_place=dz is not None and dz.dtype == dtype
-        )
-        d_label = None
-        if dzf is not None:
-            d_label = by_platform(dzf, labels, cpu=cpu_tangent, default=label_tangent)
+        d_label = None if dzf is None else label_tangent(dzf, labels)
         if d_offsets is not None:
             d_label = sum_present(d_label, take_class(d_offsets.astype(dtype), labels))
         d_picked = d_label

@@ -23,9 +23,6 @@ a GPU or a TPU. What each one buys was measured with `benchmarks/` on a
   that).
 * `target_dot` with a `[C]` target is a matrix-vector product, 5–6× faster
   than a row sum of `c·z` with `c` broadcast along the row.
-* `label_tangent` gathers the label's tangent; the transpose is then one
-  in-place scatter after the fused backward pass instead of an iota compare
-  at every element (~12% of the backward pass at 65536 × 1000 in float32).
 """
 
 import jax.numpy as jnp
@@ -172,15 +169,3 @@ def _matvec(logits: Array, vector: Array) -> Array:
         preferred_element_type=vector.dtype,
     )
     return parts[..., 0] + parts[..., 1]
-
-
-def label_tangent(dz: Array, labels: Array, *, in_place: bool) -> Array:
-    """`_passes.label_tangent` by a gather, whose transpose is an in-place scatter.
-
-    `in_place` is False for half-precision logits (XLA:CPU computes a
-    half-precision scatter in float32 through a float32 copy of the gradient);
-    sharding in types cannot place the scatter either. Both keep the compare.
-    """
-    if in_place and not _passes.explicitly_sharded(dz):
-        return _passes.label_logit(dz, labels)
-    return _passes.label_tangent(dz, labels)
