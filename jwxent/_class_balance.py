@@ -10,14 +10,22 @@ state = class_balance_init(num_classes)
 state = class_balance_update(state, labels)                # in the train step
 class_weights = class_balance_weights(state)               # [num_classes]
 ```
+
+A class that has been seen and then stops appearing is held at a floor,
+`min_frequency`, on its estimated frequency: its EMA cannot decay to 0 (or
+underflow), so its weight stays finite and bounded when it comes back.
 """
 
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 
 from jwxent import _checks, _class_weights, _reduction
 from jwxent._typing import Array, ArrayLike
+
+RELATIVE_MIN_FREQUENCY = 0.01
+"""The default floor on a seen class's frequency, as a fraction of the uniform $1/C$."""
 
 
 class ClassBalanceState(NamedTuple):
@@ -25,7 +33,10 @@ class ClassBalanceState(NamedTuple):
 
     Attributes:
       ema: `[num_classes]` float32, the EMA of the per-batch class frequencies.
-        It starts at 0 and is biased towards 0 for the first updates.
+        It starts at 0 and is biased towards 0 for the first updates. It stays
+        exactly 0 for a class never seen; for a class seen at least once it is
+        held at or above $f_{\min}\cdot\text{bias\_correction}$ (see
+        `class_balance_update`), so it never underflows.
       bias_correction: float32 scalar, the same EMA of the constant 1, that is
         $1 - \prod_t \text{decay}_t$ (Adam's $1 - \text{decay}^t$ for a
         constant decay); `ema / bias_correction` is unbiased. Keeping it in
@@ -71,6 +82,7 @@ def class_balance_update(
     labels: ArrayLike,
     *,
     decay: float = 0.99,
+    min_frequency: float | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     ignore_index: int | None = None,
@@ -78,14 +90,31 @@ def class_balance_update(
     r"""Folds one batch of labels into the class-frequency EMA.
 
     With $f_t = n_t / \sum_c n_{t,c}$ the class frequencies of the batch
-    (`class_counts` with the same `where`, `weights`, `ignore_index`) and
-    $d$ the decay:
+    (`class_counts` with the same `where`, `weights`, `ignore_index`),
+    $d$ the decay and $b_t$ the bias correction:
 
     $$
-    \text{ema}_t = d\,\text{ema}_{t-1} + (1-d)\,f_t,
+    b_t = d\,b_{t-1} + (1-d),
     \qquad
-    \text{bias\_correction}_t = d\,\text{bias\_correction}_{t-1} + (1-d).
+    \text{ema}_{t,c} = \begin{cases}
+      \max\bigl(d\,\text{ema}_{t-1,c} + (1-d)\,f_{t,c},\; f_{\min}\,b_t\bigr)
+        & \text{class } c \text{ seen in some batch so far,} \\
+      0 & \text{class } c \text{ never seen.}
+    \end{cases}
     $$
+
+    The floor keeps the bias-corrected frequency
+    $\hat f_c = \text{ema}_c / b$ of every class seen so far at
+    $\hat f_c \ge f_{\min}$ (`min_frequency`). Without it, the frequency of a
+    class that stops appearing decays like $d^{\,t}$, its inverse-frequency
+    weight grows like $d^{-t}$ (a factor of $4 \cdot 10^{43}$ over 10 000
+    batches at $d = 0.99$), and eventually the EMA underflows to 0 and the
+    weight with it. With the floor, the class keeps the weight of a class of
+    frequency $f_{\min}$ (see `class_balance_weights` for the resulting cap),
+    its EMA never falls below $f_{\min}(1-d)$, and once the class is back the
+    floor's extra mass decays like $d^{\,t}$, so the estimate converges to the
+    true frequencies again. A class never seen keeps frequency (and weight)
+    0: there is nothing of it to weight.
 
     Each batch counts once, whatever its size. A batch with no example left
     after masking carries no frequency information and leaves the state
@@ -97,6 +126,13 @@ def class_balance_update(
         `[*batch, num_classes]`, as in `class_counts`.
       decay: $d \in [0, 1)$, a Python float; the EMA averages over about
         $1/(1-d)$ batches.
+      min_frequency: $f_{\min} \in (0, 1/C]$, a Python float: the smallest
+        frequency the estimate gives a class that has been seen. None (the
+        default) means $f_{\min} = 0.01 / C$, a hundredth of the uniform
+        frequency, so that with the default weights a vanished class weighs
+        at most about 100 times an average example once every class has been
+        seen. The floor acts at each update: a new value takes effect from the
+        next one.
       where: bool mask broadcastable to the batch shape, as in `class_counts`.
       weights: per-example multiplier, as in `class_counts`.
       ignore_index: integer labels equal to it are not counted.
@@ -105,8 +141,10 @@ def class_balance_update(
       The new `ClassBalanceState`.
 
     Raises:
-      TypeError: as `class_counts` for the labels; `decay` not a Python float.
-      ValueError: as `class_counts` for the labels; `decay` outside [0, 1).
+      TypeError: as `class_counts` for the labels; `decay` or `min_frequency`
+        not a Python float.
+      ValueError: as `class_counts` for the labels; `decay` outside [0, 1);
+        `min_frequency` outside $(0, 1/C]$.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -115,20 +153,55 @@ def class_balance_update(
       >>> state = jwxent.class_balance_update(state, jnp.array([0, 0, 1, 2]), decay=0.9)
       >>> print(state.ema, state.num_updates)
       [0.05  0.025 0.025] 1
+
+      A class that vanishes is held at the floor, here $f_{\min} = 0.01/2$:
+
+      >>> state = jwxent.class_balance_init(2)
+      >>> state = jwxent.class_balance_update(state, jnp.array([0, 1]), decay=0.5)
+      >>> for _ in range(20):  # class 1 is gone for 20 batches
+      ...     state = jwxent.class_balance_update(state, jnp.array([0, 0]), decay=0.5)
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.class_balance_frequencies(state))
+      [1.    0.005]
     """
     _checks.check_unit_interval(decay, "decay")
     num_classes = state.ema.shape[0]
+    floor = _min_frequency(min_frequency, num_classes)
     counts = _class_weights.class_counts(
         labels, num_classes, where=where, weights=weights, ignore_index=ignore_index
     )
     counts = counts.astype(state.ema.dtype)
     total = jnp.sum(counts)
     frequencies = _reduction.safe_divide(counts, total)
-    seen = total > 0
-    ema = jnp.where(seen, decay * state.ema + (1.0 - decay) * frequencies, state.ema)
-    correction = state.bias_correction
-    correction = jnp.where(seen, decay * correction + (1.0 - decay), correction)
-    return ClassBalanceState(ema, correction, state.num_updates + seen.astype(jnp.int32))
+    nonempty = total > 0
+    correction = decay * state.bias_correction + (1.0 - decay)
+    ema = decay * state.ema + (1.0 - decay) * frequencies
+    # A class seen before has ema > 0 (the floor keeps it positive); one seen
+    # now has a positive count. Only those are held at the floor.
+    seen = (state.ema > 0) | (counts > 0)
+    ema = jnp.where(seen, jnp.maximum(ema, floor * correction), ema)
+    return ClassBalanceState(
+        ema=jnp.where(nonempty, ema, state.ema),
+        bias_correction=jnp.where(nonempty, correction, state.bias_correction),
+        num_updates=state.num_updates + nonempty.astype(jnp.int32),
+    )
+
+
+def _min_frequency(min_frequency: float | None, num_classes: int) -> float:
+    """The floor $f_{\\min}$: the default $0.01/C$, or a validated Python float in (0, 1/C]."""
+    if min_frequency is None:
+        return RELATIVE_MIN_FREQUENCY / num_classes
+    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int | float | np.floating):
+        raise TypeError(
+            f"`min_frequency` must be a Python float in (0, 1/num_classes]; "
+            f"got {type(min_frequency).__name__}."
+        )
+    if not 0.0 < min_frequency <= 1.0 / num_classes:
+        raise ValueError(
+            f"`min_frequency` must be in (0, 1/num_classes] = (0, {1.0 / num_classes:g}] "
+            f"(num_classes={num_classes}); got {min_frequency}."
+        )
+    return float(min_frequency)
 
 
 def class_balance_frequencies(state: ClassBalanceState) -> Array:
@@ -143,27 +216,36 @@ def class_balance_frequencies(state: ClassBalanceState) -> Array:
     $\sum_c \hat f_c = 1$ and after one update $\hat f = f_1$ exactly (up to
     rounding). Before the first update every class has frequency $1/C$.
 
+    A class seen before never drops below the floor $f_{\min}$ of
+    `class_balance_update`; while one is held there, the frequencies sum to a
+    little more than 1 (at most $1 + C_+ f_{\min}$, with $C_+$ the number of
+    classes seen), and each exceeds the formula above by at most $f_{\min}$.
+    A class never seen has frequency 0.
+
     Args:
       state: a `ClassBalanceState`.
 
     Returns:
-      `[num_classes]` float32 frequencies that sum to 1.
+      `[num_classes]` float32 frequencies that sum to 1 (or slightly more
+      while a class is held at the floor).
 
     Examples:
       >>> import jax.numpy as jnp
       >>> import jwxent
       >>> state = jwxent.class_balance_init(3)
-      >>> print(jwxent.class_balance_frequencies(state))
-      [0.33333 0.33333 0.33333]
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.class_balance_frequencies(state))
+      [0.3333 0.3333 0.3333]
       >>> state = jwxent.class_balance_update(state, jnp.array([0, 0, 1, 2]), decay=0.9)
       >>> print(jwxent.class_balance_frequencies(state))
       [0.5  0.25 0.25]
       >>> state = jwxent.class_balance_update(state, jnp.array([1, 1, 1, 1]), decay=0.9)
-      >>> print(jwxent.class_balance_frequencies(state))
-      [0.23684 0.64474 0.11842]
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.class_balance_frequencies(state))
+      [0.2368 0.6447 0.1184]
 
       After the second update the batches have weights 0.09 and 0.1 out of
-      $1 - 0.9^2 = 0.19$: $\hat f_0 = 0.09 \cdot 0.5 / 0.19 = 0.23684$.
+      $1 - 0.9^2 = 0.19$: $\hat f_0 = 0.09 \cdot 0.5 / 0.19 = 0.2368$.
     """
     num_classes = state.ema.shape[0]
     uniform = jnp.full_like(state.ema, 1.0 / num_classes)
@@ -194,7 +276,28 @@ def class_balance_weights(
 
     The default `normalize="mean_one"` keeps the average weight of an example
     at 1, so the weighted loss has the unweighted loss's scale; with it,
-    `"inverse"` gives $1/(C_+\,\hat f_c)$, scikit-learn's `"balanced"`.
+    `"inverse"` gives $1/(C_+\,\hat f_c)$ times $\sum_k \hat f_k$ (which is 1
+    unless a class is held at the floor), scikit-learn's `"balanced"`.
+
+    **The cap.** Every class seen so far has $\hat f_c \ge f_{\min}$, the floor
+    of `class_balance_update` (default $0.01/C$), and
+    $\sum_c \hat f_c \le 1 + C_+ f_{\min}$, with $C_+$ the number of classes
+    seen. Every method is non-increasing in the count, so no class weighs
+    more than a class of frequency $f_{\min}$ would, and the weights are
+    bounded whatever happens to the data. For the default `"inverse"`:
+
+    | `normalize` | cap on every weight |
+    | --- | --- |
+    | `"mean_one"` (default) | $1 + 1/(C_+ f_{\min})$, i.e. $1 + 100\,C/C_+$ by default |
+    | None | $1/(f_{\min}\cdot\text{num\_examples})$ |
+    | `"sum_to_one"` | 1 |
+    | `"sum_to_num_classes"` | $C_+$ |
+
+    The floor acts on the frequencies, before the weights are normalised,
+    rather than as a clip on the weights: a clip after the normalisation
+    would leave the normaliser dominated by the vanished class (under
+    `"sum_to_one"` every other weight would collapse towards 0) and break
+    `"mean_one"`, and a clip before it is no bound after it.
 
     Args:
       state: a `ClassBalanceState`.
@@ -206,9 +309,9 @@ def class_balance_weights(
         required for `"effective_number"`.
 
     Returns:
-      `[num_classes]` float32 class weights; 0 for a class whose estimated
-      frequency is 0 (never seen, or unseen for so long that its EMA
-      underflowed).
+      `[num_classes]` float32 class weights, finite and bounded by the cap
+      above; 0 exactly for a class never seen; positive for a class seen and
+      then gone.
 
     Raises:
       ValueError: `method="effective_number"` without `num_examples`, and
@@ -219,8 +322,9 @@ def class_balance_weights(
       >>> import jwxent
       >>> state = jwxent.class_balance_init(3)
       >>> state = jwxent.class_balance_update(state, jnp.array([0, 0, 1, 2]), decay=0.9)
-      >>> print(jwxent.class_balance_weights(state))
-      [0.66667 1.33333 1.33333]
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.class_balance_weights(state))
+      [0.6667 1.3333 1.3333]
 
       The frequencies are $(0.5, 0.25, 0.25)$, so the weights are
       $1/(3 \cdot 0.5)$ and $1/(3 \cdot 0.25)$. In a train step:
@@ -235,11 +339,22 @@ def class_balance_weights(
       ...     return loss, state
       >>> loss, state = weighted_loss(
       ...     jwxent.class_balance_init(2), jnp.zeros((4, 2)), jnp.array([0, 0, 0, 1]))
-      >>> print(loss)
-      0.69315
+      >>> print(f"{loss:.4f}")
+      0.6931
 
       With frequencies $(3/4, 1/4)$ the weights are $(2/3, 2)$ and the mean
       weighted loss is $(3 \cdot 2/3 + 2)\log 2 / 4 = \log 2$.
+
+      A class that vanished is held at $f_{\min} = 0.01/2$, so its weight is
+      $\sum_k \hat f_k / (2 f_{\min}) = 1.005/0.01$, under the cap 101:
+
+      >>> state = jwxent.class_balance_update(
+      ...     jwxent.class_balance_init(2), jnp.array([0, 1]), decay=0.5)
+      >>> for _ in range(20):
+      ...     state = jwxent.class_balance_update(state, jnp.array([0, 0]), decay=0.5)
+      >>> with jnp.printoptions(precision=4):
+      ...     print(jwxent.class_balance_weights(state))
+      [  0.5025 100.5   ]
     """
     if method == "effective_number" and num_examples is None:
         raise ValueError(

@@ -92,12 +92,9 @@ def test_class_counts_one_hot_equals_integer():
     d = random_labels((20,), 6)
     one_hot = np.eye(6, dtype=np.float32)[d["labels"]]
     kwargs = {"where": d["where"], "weights": d["weights"]}
-    assert_close(
-        jwxent.class_counts(one_hot, 6, **kwargs),
-        jwxent.class_counts(d["labels"], 6, **kwargs),
-        np.float32,
-        terms=20,
-    )
+    from_one_hot = jwxent.class_counts(one_hot, 6, **kwargs)
+    assert_close(from_one_hot, jwxent.class_counts(d["labels"], 6, **kwargs), np.float32, terms=20)
+    assert_close(from_one_hot, ref.class_counts(d["labels"], 6, **kwargs), np.float32, terms=20)
 
 
 def test_class_counts_masked_nan_probabilities_do_not_leak():
@@ -135,8 +132,8 @@ def test_class_counts_jit_vmap_and_no_retrace():
 
     chex.clear_trace_counter()
     for row in range(4):
-        eager = jwxent.class_counts(labels[row], 5, weights=weights[row])
-        assert_close(counts_fn(labels[row], weights[row]), eager, np.float32, terms=10)
+        expected = ref.class_counts(labels[row], 5, weights=weights[row])
+        assert_close(counts_fn(labels[row], weights[row]), expected, np.float32, terms=10)
     weights_2d = np.random.default_rng(3).uniform(size=(4, 10)).astype(np.float32)
     batched = jax.vmap(lambda y, w: jwxent.class_counts(y, 5, weights=w))(labels, weights_2d)
     looped = [ref.class_counts(labels[i], 5, weights=weights_2d[i]) for i in range(4)]
@@ -187,6 +184,42 @@ def test_single_class_and_no_class(method, normalize):
     np.testing.assert_array_equal(none, np.zeros(4))
 
 
+def test_integer_counts_give_the_weights_of_float_counts():
+    """`np.bincount`'s int64 counts (int32 once JAX has them without x64), uint8, x64's int64."""
+    labels = np.repeat(np.arange(COUNTS.size), COUNTS.astype(np.int64))
+    bincount = np.bincount(labels, minlength=COUNTS.size)
+    assert bincount.dtype == np.int64
+    np.testing.assert_array_equal(bincount, COUNTS)
+    for method in METHODS:
+        for normalize in NORMALIZATIONS:
+            options = {"method": method, "normalize": normalize, "beta": 0.99}
+            weights = jwxent.class_weights_from_counts(bincount, **options)
+            assert weights.dtype == jnp.float32, (method, normalize)
+            expected = ref.class_weights_from_counts(COUNTS, method, normalize, 0.99)
+            assert_close(weights, expected, np.float32, terms=COUNTS.size)
+            # Converted to float32 first: the very bits of float32 counts.
+            np.testing.assert_array_equal(
+                weights, jwxent.class_weights_from_counts(COUNTS, **options)
+            )
+    small = np.bincount(labels[labels < 4], minlength=4).astype(np.uint8)
+    weights = jwxent.class_weights_from_counts(small, normalize="mean_one")
+    assert weights.dtype == jnp.float32
+    assert_close(weights, ref.class_weights_from_counts(small, "inverse", "mean_one"), np.float32)
+    with jax.enable_x64(True):  # int64 stays int64 for JAX, and is still computed in float32
+        weights = jwxent.class_weights_from_counts(bincount, method="balanced")
+        assert weights.dtype == jnp.float32
+        expected = ref.class_weights_from_counts(COUNTS, "balanced")
+        assert_close(weights, expected, np.float32, terms=COUNTS.size)
+
+
+@pytest.mark.parametrize(
+    "counts", [np.array([True, False]), np.bincount([0, 0, 2]) > 0, jnp.ones(3, bool)]
+)
+def test_bool_counts_are_a_type_error(counts):
+    with pytest.raises(TypeError, match="`counts` must be an integer or floating-point array"):
+        jwxent.class_weights_from_counts(counts)
+
+
 @pytest.mark.parametrize("with_sample_weight", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_balanced_matches_scikit_learn(seed, with_sample_weight):
@@ -221,6 +254,11 @@ def test_balanced_is_inverse_normalised_to_mean_one():
     balanced = jwxent.class_weights_from_counts(COUNTS, method="balanced")
     inverse = jwxent.class_weights_from_counts(COUNTS, normalize="mean_one")
     assert_close(balanced, inverse, np.float32, terms=COUNTS.size)
+    # N / (C₊ n_c) in float64, written out here rather than taken from the reference.
+    n = COUNTS.astype(np.float64)
+    present = n > 0
+    expected = np.where(present, n.sum() / (present.sum() * np.where(present, n, 1.0)), 0.0)
+    assert_close(inverse, expected, np.float32, terms=COUNTS.size)
 
 
 def test_effective_number_limits():
@@ -232,8 +270,7 @@ def test_effective_number_limits():
     np.testing.assert_array_equal(at_zero, [1.0, 1.0, 1.0, 0.0])
     # β → 1: the effective number tends to n, so the weights tend to inverse frequency.
     near_one = jwxent.class_weights_from_counts(counts, method="effective_number", beta=1 - 1e-6)
-    inverse = jwxent.class_weights_from_counts(counts)
-    np.testing.assert_allclose(near_one, inverse, rtol=1e-3)
+    np.testing.assert_allclose(near_one, [1.0, 1 / 2, 1 / 50, 0.0], rtol=1e-3)
 
 
 def every_normalisation(counts, method, beta=0.999):
@@ -399,7 +436,7 @@ def test_cost_matrix_by_prediction_weights_by_predicted_class(reduction):
         logits, labels, cost_matrix=matrix, reduction=reduction
     )
     predicted_weight = class_weights[np.argmax(logits, axis=-1)]
-    expected = jwxent.softmax_cross_entropy_with_integer_labels(
+    expected = ref.softmax_cross_entropy_with_integer_labels(
         logits, labels, weights=predicted_weight, reduction=reduction
     )
     assert_close(actual, expected, np.float32, terms=12)
@@ -544,6 +581,209 @@ def test_train_step_with_online_weights_is_jittable_and_does_not_retrace():
 
 
 # ---------------------------------------------------------------------------
+# The online estimator: a class that vanishes and comes back
+# ---------------------------------------------------------------------------
+
+# Class 3 occurs, vanishes for 10 000 batches, then comes back; class 4 never occurs.
+VANISHING_FREQUENCIES = np.array([0.5, 0.3, 0.15, 0.05, 0.0])
+BEFORE, GONE, AFTER = 200, 10_000, 700
+VANISHING_BATCH, VANISHING_DECAY = 64, 0.99
+DEFAULT_MIN_FREQUENCY = 0.01 / VANISHING_FREQUENCIES.size  # the documented default
+
+
+def floored_ema(batch_counts, decay, min_frequency):
+    """float64 loop over the batches: the bias-corrected EMA with a floor on seen classes.
+
+    Returns the frequencies after every batch, and which classes were seen by then.
+    """
+    batch_counts = np.asarray(batch_counts, np.float64)
+    num_classes = batch_counts.shape[1]
+    ema, correction, seen = np.zeros(num_classes), 0.0, np.zeros(num_classes, bool)
+    frequencies = np.empty_like(batch_counts)
+    seen_by = np.empty(batch_counts.shape, bool)
+    for t, counts in enumerate(batch_counts):
+        if counts.sum() > 0:
+            seen |= counts > 0
+            correction = decay * correction + (1.0 - decay)
+            ema = decay * ema + (1.0 - decay) * counts / counts.sum()
+            ema = np.where(seen, np.maximum(ema, min_frequency * correction), ema)
+        frequencies[t] = ema / correction if correction > 0 else 1.0 / num_classes
+        seen_by[t] = seen
+    return frequencies, seen_by
+
+
+@functools.cache
+def vanishing_class_run():
+    """One jitted `lax.scan` over the 10 900 batches; everything it saw, as NumPy arrays."""
+    num_classes = VANISHING_FREQUENCIES.size
+    steps = BEFORE + GONE + AFTER
+    gone = np.zeros(steps, bool)
+    gone[BEFORE : BEFORE + GONE] = True
+    keys = jax.random.split(jax.random.key(0), steps)
+    with np.errstate(divide="ignore"):
+        log_p = np.log(VANISHING_FREQUENCIES).astype(np.float32)  # -inf: never drawn
+    log_p_gone = np.where(np.arange(num_classes) == 3, -np.inf, log_p).astype(np.float32)
+    # Logits that favour class 0, so that class 3's examples have a large loss.
+    logits = np.random.default_rng(0).standard_normal((VANISHING_BATCH, num_classes))
+    logits = (logits + np.array([3.0, 1.0, 0.0, -2.0, 0.0])).astype(np.float32)
+
+    def step(state, inputs):
+        key, is_gone = inputs
+        labels = jax.random.categorical(
+            key, jnp.where(is_gone, log_p_gone, log_p), shape=(VANISHING_BATCH,)
+        )
+        state = jwxent.class_balance_update(state, labels, decay=VANISHING_DECAY)
+        weights = jwxent.class_balance_weights(state)
+        loss = jwxent.softmax_cross_entropy_with_integer_labels(
+            logits, labels, class_weights=weights, reduction="mean"
+        )
+        outputs = (labels, state, jwxent.class_balance_frequencies(state), weights, loss)
+        return state, outputs
+
+    run = jax.jit(lambda state: jax.lax.scan(step, state, (keys, gone))[1])
+    labels, states, frequencies, weights, losses = jax.tree.map(
+        np.asarray, run(jwxent.class_balance_init(num_classes))
+    )
+    counts = np.stack([np.bincount(row, minlength=num_classes) for row in labels])
+    expected, seen = floored_ema(counts, VANISHING_DECAY, DEFAULT_MIN_FREQUENCY)
+    return {
+        "labels": labels,
+        "logits": logits,
+        "states": states,
+        "frequencies": frequencies,
+        "weights": weights,
+        "losses": losses,
+        "counts": counts,
+        "expected": expected,
+        "seen": seen,
+    }
+
+
+def test_vanishing_class_frequencies_follow_the_floored_float64_ema():
+    run = vanishing_class_run()
+    counts, expected = run["counts"], run["expected"]
+    assert counts[BEFORE : BEFORE + GONE, 3].sum() == 0 and counts[BEFORE - 1, 3] > 0
+    assert counts[:, 4].sum() == 0
+    assert_close(run["frequencies"], expected, np.float32, terms=100)
+    # The floor holds the vanished class for most of its absence.
+    np.testing.assert_allclose(expected[BEFORE + GONE - 1, 3], DEFAULT_MIN_FREQUENCY, rtol=1e-12)
+    held = expected[BEFORE : BEFORE + GONE, 3] <= DEFAULT_MIN_FREQUENCY * (1 + 1e-12)
+    assert held.mean() > 0.95
+    # The EMA itself never underflows for a class that was seen; one never seen stays 0.
+    ema = run["states"].ema
+    seen_from = np.argmax(counts[:, 3] > 0)
+    assert np.all(ema[seen_from:, 3] > 0)
+    correction = run["states"].bias_correction[:, None]
+    np.testing.assert_allclose(
+        ema[BEFORE + GONE - 1, 3], DEFAULT_MIN_FREQUENCY * correction[BEFORE + GONE - 1, 0], 1e-5
+    )
+    np.testing.assert_array_equal(ema[:, 4], 0.0)
+
+
+def test_vanishing_class_weights_are_finite_and_capped_at_every_step():
+    run = vanishing_class_run()
+    weights, expected, seen = run["weights"], run["expected"], run["seen"]
+    num_seen = seen.sum(axis=1)
+    # The default weights, "inverse" with "mean_one", in float64: Σ f̂ / (C₊ f̂_c) if seen.
+    safe = np.where(seen, expected, 1.0)
+    reference = np.where(seen, expected.sum(axis=1, keepdims=True) / (num_seen[:, None] * safe), 0)
+    assert np.all(np.isfinite(weights))
+    assert_close(weights, reference, np.float32, terms=100)
+    # The documented cap, 1 + 1 / (C₊ f_min), holds at every step (to rounding).
+    cap = 1.0 + 1.0 / (num_seen * DEFAULT_MIN_FREQUENCY)
+    assert np.all(weights <= cap[:, None] * (1 + 1e-5))
+    # It is reached: the vanished class sits just under it while it is gone.
+    gone = weights[BEFORE : BEFORE + GONE, 3]
+    assert gone.max() >= 0.99 * (cap[BEFORE + GONE - 1] - 1.0)
+    # Positive while gone (seen before); exactly 0 for the class never seen.
+    assert np.all(gone > 0)
+    np.testing.assert_array_equal(weights[:, 4], 0.0)
+
+
+def test_vanishing_class_loss_is_finite_when_it_returns():
+    run = vanishing_class_run()
+    labels, logits, losses = run["labels"], run["logits"], run["losses"]
+    assert np.all(np.isfinite(losses))
+    # float64 reference: mean over the batch of w_ref[y] · (logsumexp(z) − z_y).
+    z = logits.astype(np.float64)
+    top = z.max(axis=1)
+    nll = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+    nll = nll[None, :] - z[np.arange(z.shape[0])[None, :], labels]
+    expected, seen = run["expected"], run["seen"]
+    safe = np.where(seen, expected, 1.0)
+    num_seen = seen.sum(axis=1, keepdims=True)
+    w_ref = np.where(seen, expected.sum(axis=1, keepdims=True) / (num_seen * safe), 0.0)
+    reference = np.mean(np.take_along_axis(w_ref, labels, axis=1) * nll, axis=1)
+    assert_close(losses, reference, np.float32, terms=100 * VANISHING_BATCH)
+    back = BEFORE + GONE + np.argmax(run["counts"][BEFORE + GONE :, 3] > 0)
+    assert losses[back] > 2.0 * np.median(losses[BEFORE : BEFORE + GONE])
+    assert losses[back] < 1e3
+
+
+def test_vanishing_class_estimate_converges_back_after_it_returns():
+    run = vanishing_class_run()
+    final = run["frequencies"][-1]
+    # About 12 800 examples in the EMA's window: a standard error below 0.005.
+    np.testing.assert_allclose(final, VANISHING_FREQUENCIES, atol=0.02)
+    # The floor's extra mass has decayed: the plain EMA of the batches (no floor).
+    batch_freqs = run["counts"] / run["counts"].sum(axis=1, keepdims=True)
+    plain = ref.class_balance_frequencies(batch_freqs[-AFTER:], [VANISHING_DECAY] * AFTER)
+    plain_weight = 1.0 - VANISHING_DECAY**AFTER  # the last AFTER batches' share of the EMA
+    np.testing.assert_allclose(final, plain, atol=2.0 * (1.0 - plain_weight))
+
+
+@pytest.mark.parametrize("normalize", NORMALIZATIONS)
+def test_floor_bounds_every_method_and_normalisation(normalize):
+    run = vanishing_class_run()
+    last_gone = BEFORE + GONE - 1
+    state = jax.tree.map(lambda x: x[last_gone], run["states"])
+    expected, num_seen = run["expected"][last_gone], int(run["seen"][last_gone].sum())
+    num_examples = 1000.0
+    for method in METHODS:
+        weights = jwxent.class_balance_weights(
+            state, method=method, normalize=normalize, beta=0.99, num_examples=num_examples
+        )
+        reference = ref.class_weights_from_counts(expected * num_examples, method, normalize, 0.99)
+        assert_close(weights, reference, np.float32, terms=5, err_msg=method)
+        assert float(weights[3]) > 0 and float(weights[4]) == 0.0
+    # The caps of "inverse" stated in `class_balance_weights`.
+    caps = {
+        None: 1.0 / (DEFAULT_MIN_FREQUENCY * num_examples),
+        "sum_to_one": 1.0,
+        "sum_to_num_classes": num_seen,
+        "mean_one": 1.0 + 1.0 / (num_seen * DEFAULT_MIN_FREQUENCY),
+    }
+    inverse = jwxent.class_balance_weights(state, normalize=normalize, num_examples=num_examples)
+    assert np.all(np.asarray(inverse) <= caps[normalize] * (1 + 1e-5))
+
+
+def test_min_frequency_sets_the_floor_inside_scan():
+    min_frequency, decay = 1e-3, 0.9
+
+    def step(state, labels):
+        state = jwxent.class_balance_update(state, labels, decay=decay, min_frequency=min_frequency)
+        return state, jwxent.class_balance_weights(state)
+
+    # Classes 0 to 2 appear once; class 2 then vanishes for 2000 batches
+    # (0.9^2000 underflows float32); class 3 never appears.
+    first = np.array([[0, 1, 2, 0]], np.int32)
+    labels = np.concatenate([first, np.tile(np.array([[0, 1, 1, 0]], np.int32), (2000, 1))])
+    state, weights = jax.jit(lambda s, y: jax.lax.scan(step, s, y))(
+        jwxent.class_balance_init(4), labels
+    )
+    counts = np.stack([np.bincount(row, minlength=4) for row in labels])
+    expected, _ = floored_ema(counts, decay, min_frequency)
+    assert_close(jwxent.class_balance_frequencies(state), expected[-1], np.float32, terms=10)
+    np.testing.assert_allclose(float(state.ema[2]), min_frequency * float(state.bias_correction))
+    weights = np.asarray(weights)
+    assert np.all(np.isfinite(weights)) and np.all(weights[:, 2] > 0)
+    assert np.all(weights <= (1.0 + 1.0 / (3 * min_frequency)) * (1 + 1e-5))
+    np.testing.assert_array_equal(weights[:, 3], 0.0)
+    # The weight of the vanished class, Σ f̂ / (3 f_min), from the float64 EMA.
+    assert_close(weights[-1, 2], expected[-1].sum() / (3 * min_frequency), np.float32, terms=10)
+
+
+# ---------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------
 
@@ -650,6 +890,28 @@ def test_train_step_with_online_weights_is_jittable_and_does_not_retrace():
             r"`decay` must be in \[0, 1\)",
         ),
         (
+            lambda: jwxent.class_balance_update(
+                jwxent.class_balance_init(3), jnp.array([0]), min_frequency=0.0
+            ),
+            ValueError,
+            r"`min_frequency` must be in \(0, 1/num_classes\] = \(0, 0.333333\] "
+            r"\(num_classes=3\); got 0.0",
+        ),
+        (
+            lambda: jwxent.class_balance_update(
+                jwxent.class_balance_init(4), jnp.array([0]), min_frequency=0.5
+            ),
+            ValueError,
+            r"`min_frequency` must be in \(0, 1/num_classes\] = \(0, 0.25\]",
+        ),
+        (
+            lambda: jwxent.class_balance_update(
+                jwxent.class_balance_init(3), jnp.array([0]), min_frequency=jnp.array(0.01)
+            ),
+            TypeError,
+            "`min_frequency` must be a Python float",
+        ),
+        (
             lambda: jwxent.class_balance_update(jwxent.class_balance_init(3), jnp.array([3])),
             ValueError,
             r"`labels` must be in \[0, 3\)",
@@ -684,7 +946,7 @@ def test_static_checks_run_under_jit():
 def test_choosing_class_weights_page_examples():
     page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "class_weights.md"
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.DOTALL)
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     namespace = {}
     exec(blocks[0], namespace)  # labels -> counts -> balanced weights -> loss
     np.testing.assert_array_equal(namespace["counts"], [6.0, 3.0, 1.0])
@@ -703,7 +965,18 @@ def test_choosing_class_weights_page_examples():
     exec(blocks[3], namespace)  # the online estimator in an optax train step
     frequencies = jwxent.class_balance_frequencies(namespace["balance"])
     assert_close(frequencies, [0.625, 0.25, 0.125], np.float32)
-    exec(blocks[4], namespace)  # cost matrices
+    exec(blocks[4], namespace)  # a class that vanishes for 1000 batches and comes back
+    counts = np.array([[2, 1, 1]] + [[2, 2, 0]] * 1000 + [[2, 1, 1]] * 50)
+    expected, _ = floored_ema(counts, 0.9, 0.01 / 3)
+    gone, back = expected[1000], expected[-1]
+    assert_close(namespace["gone"], gone, np.float32, terms=100)
+    assert_close(gone, [0.5, 0.5, 0.01 / 3], np.float64, terms=100)  # held at the floor
+    cap = 1 + 1 / (3 * 0.01 / 3)
+    assert_close(namespace["gone_weights"], gone.sum() / (3 * gone), np.float32, terms=100)
+    assert float(np.max(namespace["gone_weights"])) <= cap
+    assert_close(namespace["back"], back, np.float32, terms=100)
+    np.testing.assert_allclose(back, [0.5, 0.25, 0.25], atol=2 * 0.9**50)
+    exec(blocks[5], namespace)  # cost matrices
     assert_close(namespace["by_label"], np.repeat([[1.0], [2.0], [3.0]], 3, axis=1), np.float32)
     expected = ref.softmax_cross_entropy_with_integer_labels(
         np.zeros((10, 3)),
