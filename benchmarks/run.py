@@ -1,60 +1,181 @@
-"""Runs the softmax benchmark and writes JSON lines.
+"""Runs the benchmarks of every loss family and writes JSON lines.
 
-    python -m benchmarks.run                      # the full sizes, ~10 minutes on 2 cores
-    python -m benchmarks.run --sizes tiny         # a smoke run in seconds
-    python -m benchmarks.run --out benchmarks/results/cpu.jsonl --sizes 8192x32000 --dtypes bf16
+Every `benchmarks/bench_*.py` module defines a `FAMILY` (`harness.Family`);
+this runner measures the selected families at the selected shapes and dtypes
+on one device, one record per case (`harness.RECORD`), writes them and prints
+the tables that `python -m benchmarks.render` puts into `docs/benchmarks.md`.
 
-Then `python -m benchmarks.render` turns `benchmarks/results/*.jsonl` into the
-table of `docs/benchmarks.md` and the plot `docs/img/benchmarks.png`.
+    python -m benchmarks.run                          # every family at the full sizes
+    python -m benchmarks.run --sizes tiny --repeats 1 --warmup 0    # smoke run
+    python -m benchmarks.run --families softmax/int fused --dtypes bf16 \\
+        --sizes 8192x32000 8192x256x32000 --out /tmp/bf16.jsonl
+    python -m benchmarks.run --families fused --repeats 0     # temp memory only, no timing
+    python -m benchmarks.run --device gpu             # adds the HBM floor (copy bandwidth)
+
+`--sizes` takes names or tags of `benchmarks/shapes.py`; a family runs at the
+ones its registry has (`tiny`, `ci` and `full` exist in both). Without `--out`
+the records go to `benchmarks/results/<machine>.jsonl`.
 """
 
 import argparse
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import bench_softmax, harness
-from benchmarks.shapes import DTYPES, select
+import jax
+
+from benchmarks import ORDER, families, floor, harness, render, shapes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+Selection = dict[str, set[str] | None]
 
-def default_out() -> Path:
-    """`benchmarks/results/<device>.jsonl`, e.g. `cpu-amd-epyc.jsonl`."""
-    env = harness.environment()
+
+def parse_selection(items: list[str], known: dict[str, harness.Family]) -> Selection:
+    """`["softmax/int", "fused"]` -> `{"softmax": {"int"}, "fused": None}` (None: every loss).
+
+    Raises:
+      ValueError: an unknown family or loss.
+    """
+    selection: Selection = {}
+    for item in items:
+        name, _, loss = item.partition("/")
+        family = known.get(name)
+        if family is None:
+            raise ValueError(f"unknown family {name!r}; known: {list(known)}")
+        if loss and family.variant(loss) is None:
+            raise ValueError(
+                f"unknown loss {item!r}; {name} has {[v.name for v in family.variants]}"
+            )
+        losses = selection.get(name, set())
+        selection[name] = None if losses is None or not loss else losses | {loss}
+    return selection
+
+
+def pick_device(kind: str) -> jax.Device:
+    """The first device of platform `kind` (`cpu`, `gpu`, `tpu`), or JAX's default for `auto`.
+
+    Raises:
+      ValueError: JAX has no such device.
+    """
+    if kind == "auto":
+        return jax.devices()[0]
+    try:
+        return jax.devices(kind)[0]
+    except RuntimeError as error:
+        raise ValueError(f"no {kind} device: {error}") from None
+
+
+def default_out(device: jax.Device) -> Path:
+    """`benchmarks/results/<machine>.jsonl`, e.g. `cpu-amd-epyc.jsonl`, `gpu-nvidia-h200.jsonl`."""
+    env = harness.environment(device)
     cpu = env["platform"] == "cpu"
     name = f"cpu-{env['cpu']}" if cpu else f"{env['platform']}-{env['device']}"
     return RESULTS / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".jsonl")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="JSON-lines file to write")
-    parser.add_argument("--sizes", nargs="+", default=["full"], help="shape names or tags")
-    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
-    parser.add_argument("--losses", nargs="+", default=list(bench_softmax.LOSSES))
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per case")
-    args = parser.parse_args(argv)
+def on_accelerator(device: jax.Device) -> bool:
+    """Whether the HBM floor applies: the device has its own memory (a GPU or TPU)."""
+    return device.platform != "cpu"
 
-    out = args.out or default_out()
-    start = time.perf_counter()
-    records = bench_softmax.run(
-        select(args.sizes),
-        args.dtypes,
-        losses=args.losses,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        progress=lambda message: print(message, file=sys.stderr, flush=True),
-    )
-    harness.write_jsonl(out, records)
-    for record in records:
-        print(
-            f"{record['shape']:>12} {record['dtype']:>4} {record['case']:<18}"
-            f" median {1e3 * record['median_s']:9.2f} ms"
-            f"  temp {record['temp_bytes'] / 2**20:9.1f} MiB"
+
+def measure(
+    selection: Selection,
+    args: argparse.Namespace,
+    device: jax.Device,
+    progress: Callable[[str], None],
+) -> list[harness.Record]:
+    """Every selected family at its selected shapes, then its HBM floor on accelerators."""
+    known = families()
+    floored = any(known[name].extra_cases.keys() >= floor.CASES.keys() for name in selection)
+    bandwidth = None
+    if on_accelerator(device) and args.repeats > 0 and floored:
+        bandwidth = floor.copy_bandwidth(device)
+        progress(f"copy bandwidth: {bandwidth / 1e9:.0f} GB/s")
+    records = []
+    for name, losses in selection.items():
+        family = known[name]
+        measured = harness.run_family(
+            family,
+            shapes.select(args.sizes, family.registry, strict=False),
+            args.dtypes,
+            losses=losses,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            device=device,
+            progress=progress,
         )
+        records += measured
+        if bandwidth is not None:
+            records += floor.hbm_records(measured, bandwidth)
+    return records
+
+
+def _summary_line(record: harness.Record) -> str:
+    median, temp = record["median_s"], record["temp_bytes"]
+    time_text = "–" if median is None else f"{1e3 * median:.3f} ms"
+    temp_text = "–" if temp is None else f"{temp / 2**20:.2f} MiB"
+    return (
+        f"{record['family']:>8} {record['shape']:>16} {record['dtype']:>4}"
+        f" {record['case']:<28} median {time_text:>13}  temp {temp_text:>13}"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=__doc__.split("\n\n")[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cli.add_argument(
+        "--families",
+        "--losses",
+        nargs="+",
+        metavar="FAMILY[/LOSS]",
+        help=f"families ({', '.join(ORDER)}) or single losses, e.g. softmax/int (default: all)",
+    )
+    cli.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["full"],
+        metavar="NAME_OR_TAG",
+        help="shapes of benchmarks/shapes.py: full (default), ci, tiny, 8192x32000, ...",
+    )
+    cli.add_argument("--dtypes", nargs="+", default=list(shapes.DTYPES), choices=shapes.DTYPES)
+    cli.add_argument("--repeats", type=int, default=3, help="timed rounds (0: memory only)")
+    cli.add_argument("--warmup", type=int, default=1, help="untimed calls per case")
+    cli.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "gpu", "tpu"), help="default: auto"
+    )
+    cli.add_argument("--out", type=Path, help="JSON-lines file (default: results/<machine>.jsonl)")
+    cli.add_argument("--append", action="store_true", help="append to --out instead of replacing")
+    return cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = parser()
+    args = cli.parse_args(argv)
+    unknown = set(args.sizes) - shapes.known()
+    if unknown:
+        cli.error(f"unknown --sizes {sorted(unknown)}; known: {sorted(shapes.known())}")
+    if args.repeats < 0:
+        cli.error("--repeats must be at least 0")
+    try:
+        known = families()
+        selection = parse_selection(args.families or list(known), known)
+        device = pick_device(args.device)
+    except ValueError as error:
+        cli.error(str(error))
+    start = time.perf_counter()
+    progress = lambda line: print(line, file=sys.stderr, flush=True)
+    records = harness.with_environment(measure(selection, args, device, progress), device)
+    out = args.out or default_out(device)
+    harness.write_jsonl(out, records, append=args.append)
+    for record in records:
+        print(_summary_line(record))
+    print(f"\n{render.render(records)}\n")
     print(f"wrote {len(records)} records to {out} in {time.perf_counter() - start:.0f} s")
     return 0
 

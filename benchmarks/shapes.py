@@ -1,17 +1,28 @@
 """The one registry of named shapes, shared by the benchmarks and the tests.
 
-A `Shape` is a `[batch, classes]` logits shape with a name and tags. The
-`"ci"` tag marks the sizes small enough for the test suite; `"full"` marks the
-sizes of the performance bars (SPEC §8). Select by name or tag:
+Two registries, one per kind of input:
+
+* `SHAPES`: `[batch, classes]` logits (`Shape`), for the softmax and sigmoid
+  losses;
+* `LINEAR_SHAPES`: `x: [tokens, hidden]` times `w: [hidden, vocab]`
+  (`LinearShape`), for the fused linear + cross-entropy loss.
+
+The `"ci"` tag marks the sizes small enough for the test suite; `"full"` marks
+the sizes of the performance bars (SPEC §8). Both registries have a `"tiny"`
+shape, so `--sizes tiny` gives every benchmark family its smoke size. Select by
+name or tag:
 
     >>> [s.name for s in select(["tiny"])]
     ['tiny']
     >>> [s.name for s in select(["full"])]
     ['65536x1000', '8192x32000', '2048x128256']
+    >>> [s.name for s in select(["full"], LINEAR_SHAPES)]
+    ['8192x256x32000', '4096x1024x32000', '8192x1024x32000']
 """
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 import jax.numpy as jnp
 
@@ -36,9 +47,41 @@ class Shape:
     def logits_shape(self) -> tuple[int, int]:
         return (self.batch, self.classes)
 
+    @property
+    def dims(self) -> dict[str, int]:
+        """The sizes that go into every benchmark record."""
+        return {"batch": self.batch, "classes": self.classes}
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearShape:
+    """A named projection + loss shape: `x: [tokens, hidden]`, `w: [hidden, vocab]`.
+
+    The logits it stands for are `[tokens, vocab]`, so `batch` is `tokens` and
+    `classes` is `vocab` in the records, as for a `Shape`.
+    """
+
+    name: str
+    tokens: int
+    hidden: int
+    vocab: int
+    tags: frozenset[str] = frozenset()
+
+    @property
+    def batch(self) -> int:
+        return self.tokens
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {"batch": self.tokens, "hidden": self.hidden, "classes": self.vocab}
+
 
 def _named(batch: int, classes: int, *tags: str) -> Shape:
     return Shape(f"{batch}x{classes}", batch, classes, frozenset(tags))
+
+
+def _linear(tokens: int, hidden: int, vocab: int, *tags: str) -> LinearShape:
+    return LinearShape(f"{tokens}x{hidden}x{vocab}", tokens, hidden, vocab, frozenset(tags))
 
 
 SHAPES: dict[str, Shape] = {
@@ -55,21 +98,55 @@ SHAPES: dict[str, Shape] = {
     )
 }
 
+LINEAR_SHAPES: dict[str, LinearShape] = {
+    shape.name: shape
+    for shape in (
+        LinearShape("tiny", 64, 32, 100, frozenset({"ci"})),
+        _linear(8192, 256, 32000, "full"),
+        _linear(4096, 1024, 32000, "full"),
+        _linear(8192, 1024, 32000, "full"),
+    )
+}
+
+REGISTRIES: tuple[Mapping[str, Shape | LinearShape], ...] = (SHAPES, LINEAR_SHAPES)
+
 DTYPES: dict[str, jnp.dtype] = {
     "f32": jnp.dtype(jnp.float32),
     "bf16": jnp.dtype(jnp.bfloat16),
 }
 
+S = TypeVar("S", Shape, LinearShape)
 
-def select(names_or_tags: Iterable[str]) -> list[Shape]:
+
+def known(registries: Iterable[Mapping[str, Shape | LinearShape]] = REGISTRIES) -> set[str]:
+    """Every shape name and tag of `registries`."""
+    return {
+        key
+        for registry in registries
+        for shape in registry.values()
+        for key in (shape.name, *shape.tags)
+    }
+
+
+def select(
+    names_or_tags: Iterable[str], registry: Mapping[str, S] = SHAPES, *, strict: bool = True
+) -> list[S]:
     """Shapes whose name or one of whose tags is in `names_or_tags`, in registry order.
 
+    Args:
+      names_or_tags: shape names (`"8192x32000"`) or tags (`"ci"`, `"full"`).
+      registry: `SHAPES` (the default) or `LINEAR_SHAPES`.
+      strict: raise on a name or tag that matches no shape of `registry`;
+        without it such names are skipped (the runner checks them against
+        every registry with `known()` instead).
+
     Raises:
-      ValueError: a name or tag that matches no shape.
+      ValueError: with `strict`, a name or tag that matches no shape.
     """
     wanted = set(names_or_tags)
-    known = set(SHAPES) | {tag for shape in SHAPES.values() for tag in shape.tags}
-    unknown = wanted - known
-    if unknown:
-        raise ValueError(f"Unknown shape names or tags {sorted(unknown)}; known: {sorted(known)}.")
-    return [s for s in SHAPES.values() if s.name in wanted or s.tags & wanted]
+    unknown = wanted - known([registry])
+    if strict and unknown:
+        raise ValueError(
+            f"Unknown shape names or tags {sorted(unknown)}; known: {sorted(known([registry]))}."
+        )
+    return [s for s in registry.values() if s.name in wanted or s.tags & wanted]
