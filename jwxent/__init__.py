@@ -11,6 +11,10 @@ from jwxent._class_weights import cost_matrix_from_class_weights as cost_matrix_
 from jwxent._from_probs import binary_cross_entropy as binary_cross_entropy
 from jwxent._from_probs import categorical_cross_entropy as categorical_cross_entropy
 from jwxent._fused_linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
+from jwxent._long_tail import deferred_reweighting as deferred_reweighting
+from jwxent._long_tail import ldam_margins as ldam_margins
+from jwxent._long_tail import logit_adjustment_from_counts as logit_adjustment_from_counts
+from jwxent._long_tail import post_hoc_logit_adjustment as post_hoc_logit_adjustment
 from jwxent._sigmoid import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
 from jwxent._sigmoid import sigmoid_focal_loss as sigmoid_focal_loss
 from jwxent._softmax._focal import softmax_focal_loss as softmax_focal_loss
@@ -39,8 +43,12 @@ __all__ = [
     "class_counts",
     "class_weights_from_counts",
     "cost_matrix_from_class_weights",
+    "deferred_reweighting",
+    "ldam_margins",
     "linear_softmax_cross_entropy",
+    "logit_adjustment_from_counts",
     "poly_loss_cross_entropy",
+    "post_hoc_logit_adjustment",
     "safe_softmax_cross_entropy",
     "sigmoid_binary_cross_entropy",
     "sigmoid_focal_loss",
