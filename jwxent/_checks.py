@@ -209,7 +209,6 @@ def check_nonnegative_values(x: Array, name: str) -> None:
         raise ValueError(f"`{name}` must be >= 0; got {values[position]} at index {position}.")
 
 
-def check_clip_epsilon(epsilon: float) -> None:
-    """`ValueError` unless `0 <= epsilon < 0.5`, so that the clip range is not empty."""
-    if not 0.0 <= epsilon < 0.5:
-        raise ValueError(f"`epsilon` must be in [0, 0.5); got {epsilon}.")
+def check_clip_epsilon(epsilon: object) -> None:
+    """`epsilon` in [0, 0.5), so that the clip range is not empty (checked when concrete)."""
+    check_hyperparameter(epsilon, "epsilon", below=0.5)

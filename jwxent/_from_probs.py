@@ -52,7 +52,7 @@ def _companion(x: ArrayLike, shape: tuple[int, ...], axis: int, name: str, dtype
     return jnp.moveaxis(jnp.broadcast_to(x, shape), axis, -1).astype(dtype)
 
 
-def _clip(p: Array, epsilon: float) -> Array:
+def _clip(p: Array, epsilon: ArrayLike) -> Array:
     """Keras's `clip(p, ε, 1 − ε)`, the bounds rounded to `p.dtype` as `jnp.clip` does."""
     low = jnp.asarray(epsilon, p.dtype)
     high = jnp.asarray(1.0 - epsilon, p.dtype)
@@ -71,7 +71,7 @@ def categorical_cross_entropy(
     labels: ArrayLike,
     *,
     axis: int = -1,
-    epsilon: float = 1e-7,
+    epsilon: ArrayLike = 1e-7,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     class_weights: ArrayLike | None = None,
@@ -171,7 +171,7 @@ def binary_cross_entropy(
     probs: ArrayLike,
     labels: ArrayLike,
     *,
-    epsilon: float = 1e-7,
+    epsilon: ArrayLike = 1e-7,
     pos_weight: ArrayLike | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,

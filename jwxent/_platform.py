@@ -51,12 +51,17 @@ def generic_only() -> Iterator[None]:
         _state.generic_only = previous
 
 
+def generic_active() -> bool:
+    """Whether `generic_only()` is active (a static argument of cached traces)."""
+    return getattr(_state, "generic_only", False)
+
+
 def by_platform(*args: Any, cpu: Callable[..., Any], default: Callable[..., Any]) -> Any:
     """`cpu(*args)` when lowered for XLA:CPU, `default(*args)` everywhere else.
 
     `args` and the results may be pytrees (with None leaves).
     """
-    if getattr(_state, "generic_only", False):
+    if generic_active():
         return default(*args)
     flat, tree = jax.tree.flatten(args)
     cpu_form, default_form = _Flat(cpu, tree), _Flat(default, tree)

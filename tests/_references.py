@@ -1,63 +1,151 @@
-"""NumPy float64 references: the executable definition of every keyword in SPEC.
+"""References: the executable definition of every keyword in SPEC.md.
 
-Independent of JAX: plain NumPy in float64, written from the formulas in the
-docs, never from the library's code. Each family has its own section; append
-new sections at the end of this file.
+Written from the formulas in the docs, never from the library's code, and
+independent of jwxent. Every loss reference takes an array module `xp`:
+
+* `xp=np` (the default): NumPy in float64, the value reference;
+* `xp=jnp` under `jax.enable_x64(True)`: the same formula in plain JAX, the
+  autodiff twin that gradients, forward mode and Hessians are checked against.
+
+The formulas are written so that autodiff of them is finite wherever the loss
+is (the double-`where` trick around `0·log 0`). Class axis last everywhere;
+`where` is a batch-shaped mask or, for the softmax family, a logits-shaped
+class mask (optax), like jwxent's.
 """
 
 import numpy as np
 
 # ---------------------------------------------------------------------------
-# Reductions (SPEC §4).
+# Shared pieces.
 # ---------------------------------------------------------------------------
 
 
-def reduce(values, reduction, mask=None, weight=None):
-    """SPEC §4 on float64 NumPy arrays; a zero denominator gives 0."""
-    values = np.asarray(values, np.float64)
-    mask = np.ones(values.shape, bool) if mask is None else np.broadcast_to(mask, values.shape)
-    weight = np.ones(values.shape) if weight is None else np.broadcast_to(weight, values.shape)
-    values = np.where(mask, values, 0.0)
+def _f64(x, xp):
+    return xp.asarray(x, dtype=xp.float64)
+
+
+def _rows(vector, ndim, xp):
+    """A `[C]` vector reshaped to broadcast against `[..., C]` (explicit rank)."""
+    return xp.reshape(vector, (1,) * (ndim - 1) + (-1,))
+
+
+def _batch(x, shape, xp, dtype=None):
+    """`x` (or ones) broadcast to the batch shape, in float64 unless `dtype`."""
+    if x is None:
+        return xp.ones(shape, dtype or xp.float64)
+    x = xp.asarray(x) if dtype else _f64(x, xp)
+    x = xp.reshape(x, (1,) * (len(shape) - np.ndim(x)) + tuple(np.shape(x)))
+    return xp.broadcast_to(x, shape)
+
+
+def reduce(values, reduction, mask=None, weight=None, *, xp=np):
+    """SPEC §4: masked, weighted reductions; a zero denominator gives 0."""
+    values = _f64(values, xp)
+    mask = _batch(mask, values.shape, xp, dtype=bool)
+    weight = _batch(weight, values.shape, xp)
+    values = xp.where(mask, values, 0.0)
     if reduction == "none":
         return values
-    total = values.sum()
-    denominators = {
-        "sum": 1.0,
-        "mean": mask.sum(),
-        "weighted_mean": np.where(mask, weight, 0.0).sum(),
-        "sum_by_nonzero_weights": (np.where(mask, weight, 0.0) != 0).sum(),
-    }
-    denominator = float(denominators[reduction])
-    return np.float64(0.0) if denominator == 0 else total / denominator
+    total = xp.sum(values)
+    masked_weight = xp.where(mask, weight, 0.0)
+    denominator = {
+        "sum": xp.ones((), xp.float64),
+        "mean": xp.sum(mask.astype(xp.float64)),
+        "weighted_mean": xp.sum(masked_weight),
+        "sum_by_nonzero_weights": xp.sum((masked_weight != 0).astype(xp.float64)),
+    }[reduction]
+    safe = xp.where(denominator == 0, 1.0, denominator)
+    return xp.where(denominator == 0, 0.0, total / safe)
+
+
+def _present(value):
+    """Whether a term with this coefficient is there (a Python 0 leaves it out)."""
+    return not isinstance(value, int | float) or value != 0
+
+
+def _safe_product(t, x, xp):
+    """`t·x` with `0·x = 0` even where `x` is infinite, in value and in gradient."""
+    zero = t == 0
+    return xp.where(zero, 0.0, t * xp.where(zero, 0.0, x))
 
 
 # ---------------------------------------------------------------------------
-# Softmax family (SPEC §2–§3), class axis last.
+# Softmax family (SPEC §2–§3).
 # ---------------------------------------------------------------------------
 
 
-def log_softmax(logits, class_mask=None):
-    """float64 log-softmax over the last axis, restricted to `class_mask`."""
-    z = np.asarray(logits, np.float64)
+def log_softmax(logits, class_mask=None, *, xp=np):
+    """log-softmax over the last axis, restricted to `class_mask` (−inf elsewhere)."""
+    z = _f64(logits, xp)
     if class_mask is not None:
-        z = np.where(class_mask, z, -np.inf)
-    shift = np.max(z, axis=-1, keepdims=True)
+        z = xp.where(class_mask, z, -xp.inf)
+    shift = xp.max(z, axis=-1, keepdims=True)
     shifted = z - shift
-    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
 
 
-def logsumexp(logits, class_mask=None):
-    z = np.asarray(logits, np.float64)
+def logsumexp(logits, class_mask=None, *, xp=np):
+    z = _f64(logits, xp)
     if class_mask is not None:
-        z = np.where(class_mask, z, -np.inf)
-    shift = np.max(z, axis=-1, keepdims=True)
-    return (shift + np.log(np.sum(np.exp(z - shift), axis=-1, keepdims=True)))[..., 0]
+        z = xp.where(class_mask, z, -xp.inf)
+    shift = xp.max(z, axis=-1, keepdims=True)
+    return (shift + xp.log(xp.sum(xp.exp(z - shift), axis=-1, keepdims=True)))[..., 0]
+
+
+class _Softmax:
+    """The pieces every softmax-family reference shares: masks and adjusted logits."""
+
+    def __init__(self, logits, labels_shape, where, class_mask, xp):
+        self.xp = xp
+        z = _f64(logits, xp)
+        if where is not None and np.ndim(where) == z.ndim:
+            where, class_mask = None, where
+        self.num_classes = z.shape[-1]
+        mask = _batch(where, labels_shape, xp, dtype=bool)
+        if class_mask is not None:
+            mask = mask & xp.any(class_mask, axis=-1)
+        self.mask = mask
+        self.class_mask = class_mask
+        # Masked rows: logits 0 and every class in, so nothing there can be NaN.
+        self.rows_class_mask = None if class_mask is None else class_mask | ~mask[..., None]
+        self.z = xp.where(mask[..., None], z, 0.0)
+
+    def adjusted(self, logit_adjustment):
+        if logit_adjustment is None:
+            return self.z
+        return self.z + _rows(_f64(logit_adjustment, self.xp), self.z.ndim, self.xp)
+
+    def predicted(self):
+        """`argmax` of the (row-neutralised) logits over the classes in the softmax."""
+        xp = self.xp
+        z = (
+            self.z
+            if self.rows_class_mask is None
+            else xp.where(self.rows_class_mask, self.z, -xp.inf)
+        )
+        return xp.argmax(z, axis=-1)
+
+    def class_weights(self, class_weights):
+        xp = self.xp
+        return (
+            xp.ones(self.num_classes, xp.float64)
+            if class_weights is None
+            else _f64(class_weights, xp)
+        )
+
+    def example_weight(self, weights, shape):
+        return _batch(weights, shape, self.xp)
+
+
+def _one_hot(y, num_classes, xp):
+    return xp.arange(num_classes, dtype=y.dtype) == y[..., None]
 
 
 def softmax_cross_entropy_with_integer_labels(
     logits,
     labels,
     *,
+    xp=np,
     where=None,
     class_mask=None,
     weights=None,
@@ -66,188 +154,179 @@ def softmax_cross_entropy_with_integer_labels(
     ignore_index=None,
     label_smoothing=0.0,
     z_loss=0.0,
+    logit_adjustment=None,
+    label_margins=None,
     reduction="none",
 ):
-    """PyTorch `F.cross_entropy` semantics plus TF weights, cost matrix, z-loss.
+    """PyTorch `F.cross_entropy` semantics plus TF weights, cost matrix, z-loss, long tail.
 
-    `where` is a batch-shaped example mask; `class_mask` a logits-shaped one.
+    With `z̃ = z + δ` and the label's own logit lowered by its margin,
+    `ℓ = (1−ε)·c_y·(lse(z̃) − z̃_y) + (ε/C)·Σ_k c_k·(lse(z̃) − z̃_k) + λ·c_y·lse²`;
+    the label's logit is taken from the logits as given even where a class
+    mask leaves its class out (optax).
     """
-    z = np.asarray(logits, np.float64)
-    labels = np.asarray(labels)
-    num_classes = z.shape[-1]
-    mask = np.ones(labels.shape, bool)
-    if where is not None:
-        mask &= np.broadcast_to(where, labels.shape)
-    if class_mask is not None:
-        mask &= np.any(class_mask, axis=-1)
+    labels = xp.asarray(labels)
+    s = _Softmax(logits, labels.shape, where, class_mask, xp)
+    mask = s.mask
     if ignore_index is not None:
-        mask &= labels != ignore_index
-    y = np.where(mask, labels, 0)
-    safe_class_mask = None if class_mask is None else class_mask | ~mask[..., None]
-    z = np.where(mask[..., None], z, 0.0)
-    log_p = log_softmax(z, safe_class_mask)
-    lse = logsumexp(z, safe_class_mask)
-    cw = np.ones(num_classes) if class_weights is None else np.asarray(class_weights, np.float64)
+        mask = mask & (labels != ignore_index)
+    y = xp.where(mask, labels, 0)
+    hits = _one_hot(y, s.num_classes, xp)
+    zt = s.adjusted(logit_adjustment)
+    if label_margins is not None:
+        margin = _f64(label_margins, xp)[y]
+        zt = zt - xp.where(hits, margin[..., None], 0.0)
+    lse = logsumexp(zt, s.rows_class_mask, xp=xp)
+    picked = xp.sum(xp.where(hits, zt, 0.0), axis=-1)
+    cw = s.class_weights(class_weights)
     cw_y = cw[y]
-    nll_y = -np.take_along_axis(z, y[..., None], -1)[..., 0] + lse
-    loss = (1.0 - label_smoothing) * cw_y * nll_y
-    if label_smoothing:
-        loss = loss + label_smoothing / num_classes * np.sum(cw * -log_p, axis=-1)
+    loss = (1.0 - label_smoothing) * cw_y * (lse - picked)
+    if _present(label_smoothing):
+        smooth = xp.sum(_rows(cw, zt.ndim, xp) * (lse[..., None] - zt), axis=-1)
+        loss = loss + label_smoothing / s.num_classes * smooth
     loss = loss + z_loss * cw_y * lse**2
-    example_weight = np.ones(labels.shape)
-    if weights is not None:
-        example_weight = example_weight * np.broadcast_to(
-            np.asarray(weights, np.float64), labels.shape
-        )
+    example_weight = s.example_weight(weights, labels.shape)
     if cost_matrix is not None:
-        predicted = np.argmax(
-            z if class_mask is None else np.where(safe_class_mask, z, -np.inf), -1
-        )
-        example_weight = example_weight * np.asarray(cost_matrix, np.float64)[y, predicted]
-    return reduce(example_weight * loss, reduction, mask, example_weight * cw_y)
+        example_weight = example_weight * _f64(cost_matrix, xp)[y, s.predicted()]
+    return reduce(example_weight * loss, reduction, mask, example_weight * cw_y, xp=xp)
+
+
+def _probability_targets(s, labels, class_weights, label_smoothing):
+    """`(q, t)`: the labels zeroed on masked rows and classes, and `t = c·q̃`."""
+    xp = s.xp
+    q = xp.broadcast_to(_f64(labels, xp), s.z.shape)
+    keep = s.mask[..., None] if s.class_mask is None else s.mask[..., None] & s.class_mask
+    q = xp.where(keep, q, 0.0)
+    spread = xp.ones(s.z.shape) if s.class_mask is None else xp.where(s.class_mask, 1.0, 0.0)
+    q_smooth = (1.0 - label_smoothing) * q + label_smoothing / s.num_classes * spread
+    return q, _rows(s.class_weights(class_weights), s.z.ndim, xp) * q_smooth
 
 
 def softmax_cross_entropy(
     logits,
     labels,
     *,
+    xp=np,
     where=None,
     class_mask=None,
     weights=None,
     class_weights=None,
+    cost_matrix=None,
     label_smoothing=0.0,
     z_loss=0.0,
+    logit_adjustment=None,
     poly_epsilon=None,
     reduction="none",
 ):
-    """Probability labels: `−Σ_k c_k q̃_k log p_k` (+ PolyLoss term, z-loss)."""
-    z = np.asarray(logits, np.float64)
-    q = np.broadcast_to(np.asarray(labels, np.float64), z.shape)
-    num_classes = z.shape[-1]
-    mask = np.ones(z.shape[:-1], bool)
-    if where is not None:
-        mask &= np.broadcast_to(where, mask.shape)
-    if class_mask is not None:
-        mask &= np.any(class_mask, axis=-1)
-    safe_class_mask = None if class_mask is None else class_mask | ~mask[..., None]
-    z = np.where(mask[..., None], z, 0.0)
-    cw = np.ones(num_classes) if class_weights is None else np.asarray(class_weights, np.float64)
-    smoothed = (1.0 - label_smoothing) * q + label_smoothing / num_classes
-    targets = cw * smoothed
-    if class_mask is not None:
-        targets = np.where(safe_class_mask, targets, 0.0)
-    log_p = log_softmax(z, safe_class_mask)
-    loss = -np.sum(targets * np.where(targets == 0, 0.0, log_p), axis=-1)  # 0·log 0 = 0
+    """`−Σ_k c_k q̃_k log p_k` (+ PolyLoss `ε·Σ_k c_k q̃_k (1 − p_k)`), `0·log 0 = 0`.
+
+    The `"weighted_mean"` weight is `weights·Σ_k c_k q_k` with class weights,
+    `weights` without; with a cost matrix `Σ_y q_y M[y, argmax z]` multiplies both.
+    """
+    s = _Softmax(logits, np.shape(logits)[:-1], where, class_mask, xp)
+    q, t = _probability_targets(s, labels, class_weights, label_smoothing)
+    zt = s.adjusted(logit_adjustment)
+    log_p = log_softmax(zt, s.rows_class_mask, xp=xp)
+    loss = -xp.sum(_safe_product(t, log_p, xp), axis=-1)
     if poly_epsilon is not None:
-        loss = loss + poly_epsilon * np.sum(targets * (1.0 - np.exp(log_p)), axis=-1)
-    label_weight = np.ones(mask.shape) if class_weights is None else np.sum(cw * q, axis=-1)
-    loss = loss + z_loss * label_weight * logsumexp(z, safe_class_mask) ** 2
-    example_weight = np.ones(mask.shape)
-    if weights is not None:
-        example_weight = np.broadcast_to(np.asarray(weights, np.float64), mask.shape)
-    return reduce(example_weight * loss, reduction, mask, example_weight * label_weight)
+        loss = loss + poly_epsilon * xp.sum(t * (1.0 - xp.exp(log_p)), axis=-1)
+    label_weight = xp.ones(s.mask.shape, xp.float64)
+    if class_weights is not None:
+        label_weight = xp.sum(_rows(_f64(class_weights, xp), q.ndim, xp) * q, axis=-1)
+    loss = loss + z_loss * label_weight * logsumexp(zt, s.rows_class_mask, xp=xp) ** 2
+    example_weight = s.example_weight(weights, s.mask.shape)
+    if cost_matrix is not None:
+        columns = xp.transpose(_f64(cost_matrix, xp))[s.predicted()]
+        example_weight = example_weight * xp.sum(q * columns, axis=-1)
+    return reduce(example_weight * loss, reduction, s.mask, example_weight * label_weight, xp=xp)
 
 
-# ---------------------------------------------------------------------------
-# Plain-JAX autodiff twins of the softmax family (no custom VJP), for gradients.
-# ---------------------------------------------------------------------------
+def _focal(log_p, gamma, xp):
+    """`h(log p) = −(1 − p)^γ·log p`, finite where `log p = −inf` is masked out by the caller."""
+    return -((-xp.expm1(log_p)) ** gamma) * log_p
 
 
-def _jax_reduce(values, reduction, mask, weight):
-    import jax.numpy as jnp
-
-    values = jnp.where(mask, values, 0.0)
-    if reduction == "none":
-        return values
-    total = jnp.sum(values)
-    masked_weight = jnp.where(mask, weight, 0.0)
-    denominator = {
-        "sum": jnp.ones((), values.dtype),
-        "mean": jnp.sum(mask, dtype=values.dtype),
-        "weighted_mean": jnp.sum(masked_weight),
-        "sum_by_nonzero_weights": jnp.sum(masked_weight != 0, dtype=values.dtype),
-    }[reduction]
-    safe = jnp.where(denominator == 0, 1.0, denominator)
-    return jnp.where(denominator == 0, 0.0, total / safe)
-
-
-def jax_integer_label_twin(
+def softmax_focal_loss(
     logits,
     labels,
     *,
+    xp=np,
+    gamma=2.0,
     where=None,
+    class_mask=None,
+    weights=None,
+    class_weights=None,
+    cost_matrix=None,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    logit_adjustment=None,
+    reduction="none",
+):
+    """Keras `CategoricalFocalCrossentropy`: `−Σ_k c_k q̃_k (1 − p_k)^γ log p_k` (+ z-loss)."""
+    s = _Softmax(logits, np.shape(logits)[:-1], where, class_mask, xp)
+    q, t = _probability_targets(s, labels, class_weights, label_smoothing)
+    zt = s.adjusted(logit_adjustment)
+    log_p = log_softmax(zt, s.rows_class_mask, xp=xp)
+    safe_log_p = xp.where(t == 0, -1.0, log_p)
+    loss = xp.sum(_safe_product(t, _focal(safe_log_p, gamma, xp), xp), axis=-1)
+    label_weight = xp.ones(s.mask.shape, xp.float64)
+    if class_weights is not None:
+        label_weight = xp.sum(_rows(_f64(class_weights, xp), q.ndim, xp) * q, axis=-1)
+    loss = loss + z_loss * label_weight * logsumexp(zt, s.rows_class_mask, xp=xp) ** 2
+    example_weight = s.example_weight(weights, s.mask.shape)
+    if cost_matrix is not None:
+        columns = xp.transpose(_f64(cost_matrix, xp))[s.predicted()]
+        example_weight = example_weight * xp.sum(q * columns, axis=-1)
+    return reduce(example_weight * loss, reduction, s.mask, example_weight * label_weight, xp=xp)
+
+
+def softmax_focal_loss_with_integer_labels(
+    logits,
+    labels,
+    *,
+    xp=np,
+    gamma=2.0,
+    where=None,
+    class_mask=None,
     weights=None,
     class_weights=None,
     cost_matrix=None,
     ignore_index=None,
     label_smoothing=0.0,
     z_loss=0.0,
+    logit_adjustment=None,
+    label_margins=None,
     reduction="none",
 ):
-    """`softmax_cross_entropy_with_integer_labels` in plain JAX (class axis last)."""
-    import jax
-    import jax.numpy as jnp
+    """`(1−ε)·c_y·h(log p_y) + (ε/C)·Σ_k c_k·h(log p_k) + λ·c_y·lse²`, `h` the focal term.
 
-    num_classes = logits.shape[-1]
-    mask = jnp.ones(labels.shape, bool)
-    if where is not None:
-        mask = mask & jnp.broadcast_to(where, labels.shape)
+    `p` is the softmax of the adjusted logits with the label's margin, as in
+    `softmax_cross_entropy_with_integer_labels`.
+    """
+    labels = xp.asarray(labels)
+    s = _Softmax(logits, labels.shape, where, class_mask, xp)
+    mask = s.mask
     if ignore_index is not None:
         mask = mask & (labels != ignore_index)
-    y = jnp.where(mask, labels, 0)
-    z = jnp.where(mask[..., None], logits, 0.0)
-    log_p = jax.nn.log_softmax(z, axis=-1)
-    lse = jax.nn.logsumexp(z, axis=-1)
-    cw = jnp.ones(num_classes, z.dtype) if class_weights is None else class_weights
+    y = xp.where(mask, labels, 0)
+    hits = _one_hot(y, s.num_classes, xp)
+    zt = s.adjusted(logit_adjustment)
+    if label_margins is not None:
+        zt = zt - xp.where(hits, _f64(label_margins, xp)[y][..., None], 0.0)
+    lse = logsumexp(zt, s.rows_class_mask, xp=xp)
+    log_p = zt - lse[..., None]
+    cw = s.class_weights(class_weights)
     cw_y = cw[y]
-    cw_rows = jnp.broadcast_to(cw, z.shape)
-    nll_y = -jnp.take_along_axis(log_p, y[..., None], axis=-1)[..., 0]
-    loss = (1.0 - label_smoothing) * cw_y * nll_y
-    if label_smoothing:
-        loss = loss + label_smoothing / num_classes * jnp.sum(cw_rows * -log_p, axis=-1)
+    log_p_y = xp.sum(xp.where(hits, log_p, 0.0), axis=-1)
+    loss = (1.0 - label_smoothing) * cw_y * _focal(log_p_y, gamma, xp)
+    if _present(label_smoothing):
+        spread = xp.sum(_rows(cw, zt.ndim, xp) * _focal(log_p, gamma, xp), axis=-1)
+        loss = loss + label_smoothing / s.num_classes * spread
     loss = loss + z_loss * cw_y * lse**2
-    example_weight = jnp.ones(labels.shape, z.dtype)
-    if weights is not None:
-        example_weight = example_weight * weights
+    example_weight = s.example_weight(weights, labels.shape)
     if cost_matrix is not None:
-        example_weight = example_weight * cost_matrix[y, jnp.argmax(jax.lax.stop_gradient(z), -1)]
-    return _jax_reduce(example_weight * loss, reduction, mask, example_weight * cw_y)
-
-
-def jax_probability_label_twin(
-    logits,
-    labels,
-    *,
-    where=None,
-    weights=None,
-    class_weights=None,
-    label_smoothing=0.0,
-    z_loss=0.0,
-    poly_epsilon=None,
-    reduction="none",
-):
-    """`softmax_cross_entropy` / `poly_loss_cross_entropy` in plain JAX."""
-    import jax
-    import jax.numpy as jnp
-
-    num_classes = logits.shape[-1]
-    mask = jnp.ones(logits.shape[:-1], bool)
-    if where is not None:
-        mask = mask & jnp.broadcast_to(where, mask.shape)
-    z = jnp.where(mask[..., None], logits, 0.0)
-    log_p = jax.nn.log_softmax(z, axis=-1)
-    cw = jnp.ones(num_classes, z.dtype) if class_weights is None else class_weights
-    cw_rows = jnp.broadcast_to(cw, z.shape)
-    targets = cw_rows * ((1.0 - label_smoothing) * labels + label_smoothing / num_classes)
-    loss = -jnp.sum(targets * log_p, axis=-1)
-    if poly_epsilon is not None:
-        loss = loss + poly_epsilon * jnp.sum(targets * (1.0 - jnp.exp(log_p)), axis=-1)
-    label_weight = jnp.ones(mask.shape, z.dtype)
-    if class_weights is not None:
-        label_weight = jnp.sum(cw_rows * labels, axis=-1)
-    loss = loss + z_loss * label_weight * jax.nn.logsumexp(z, axis=-1) ** 2
-    example_weight = jnp.ones(mask.shape, z.dtype) if weights is None else weights
-    return _jax_reduce(example_weight * loss, reduction, mask, example_weight * label_weight)
+        example_weight = example_weight * _f64(cost_matrix, xp)[y, s.predicted()]
+    return reduce(example_weight * loss, reduction, mask, example_weight * cw_y, xp=xp)
 
 
 # ---------------------------------------------------------------------------
@@ -255,19 +334,22 @@ def jax_probability_label_twin(
 # ---------------------------------------------------------------------------
 
 
-def log_sigmoid(x):
-    """float64 `log σ(x) = −log(1 + e^{−x})`, finite for any finite x."""
-    return -np.logaddexp(0.0, -np.asarray(x, np.float64))
+def log_sigmoid(x, *, xp=np):
+    """`log σ(x) = −log(1 + e^{−x})`, finite for any finite x."""
+    return -xp.logaddexp(0.0, -_f64(x, xp))
 
 
-def _elementwise(x, shape):
-    return None if x is None else np.broadcast_to(np.asarray(x, np.float64), shape)
+def _elementwise(logits, labels, xp):
+    x, y = _f64(logits, xp), _f64(labels, xp)
+    shape = np.broadcast_shapes(x.shape, y.shape)
+    return xp.broadcast_to(x, shape), xp.broadcast_to(y, shape), shape
 
 
 def sigmoid_binary_cross_entropy(
     logits,
     labels,
     *,
+    xp=np,
     weights=None,
     pos_weight=None,
     where=None,
@@ -278,103 +360,32 @@ def sigmoid_binary_cross_entropy(
 
     `−(c·ỹ·log σ(x) + (1 − ỹ)·log(1 − σ(x)))` with `ỹ = (1 − ε)·y + ε/2` (Keras).
     """
-    x, y = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
-    shape = np.broadcast_shapes(x.shape, y.shape)
-    x, y = np.broadcast_to(x, shape), np.broadcast_to(y, shape)
+    x, y, shape = _elementwise(logits, labels, xp)
+    mask = _batch(where, shape, xp, dtype=bool)
+    x, y = xp.where(mask, x, 0.0), xp.where(mask, y, 0.0)
     y = (1.0 - label_smoothing) * y + 0.5 * label_smoothing
-    c = np.ones(shape) if pos_weight is None else _elementwise(pos_weight, shape)
-    loss = -(c * y * log_sigmoid(x) + (1.0 - y) * log_sigmoid(-x))
-    weight = np.ones(shape) if weights is None else _elementwise(weights, shape)
-    mask = None if where is None else np.broadcast_to(where, shape)
-    return reduce(weight * loss, reduction, mask, weight)
+    c = _batch(pos_weight, shape, xp)
+    loss = -(c * y * log_sigmoid(x, xp=xp) + (1.0 - y) * log_sigmoid(-x, xp=xp))
+    weight = _batch(weights, shape, xp)
+    return reduce(weight * loss, reduction, mask, weight, xp=xp)
 
 
 def sigmoid_focal_loss(
-    logits, labels, alpha=None, gamma=2.0, *, weights=None, where=None, reduction="none"
+    logits, labels, alpha=None, gamma=2.0, *, xp=np, weights=None, where=None, reduction="none"
 ):
     """Lin et al.: `α_t·(1 − p_t)^γ·CE`, `1 − p_t = (1 − y)·s + y·(1 − s)`."""
-    x, y = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
-    shape = np.broadcast_shapes(x.shape, y.shape)
-    x, y = np.broadcast_to(x, shape), np.broadcast_to(y, shape)
-    log_s, log_not_s = log_sigmoid(x), log_sigmoid(-x)
+    x, y, shape = _elementwise(logits, labels, xp)
+    mask = _batch(where, shape, xp, dtype=bool)
+    x, y = xp.where(mask, x, 0.0), xp.where(mask, y, 0.0)
+    log_s, log_not_s = log_sigmoid(x, xp=xp), log_sigmoid(-x, xp=xp)
     ce = -(y * log_s + (1.0 - y) * log_not_s)
-    one_minus_p_t = (1.0 - y) * np.exp(log_s) + y * np.exp(log_not_s)
+    one_minus_p_t = (1.0 - y) * xp.exp(log_s) + y * xp.exp(log_not_s)
     loss = one_minus_p_t**gamma * ce
     if alpha is not None:
-        a = _elementwise(alpha, shape)
+        a = _batch(alpha, shape, xp)
         loss = (a * y + (1.0 - a) * (1.0 - y)) * loss
-    weight = np.ones(shape) if weights is None else _elementwise(weights, shape)
-    mask = None if where is None else np.broadcast_to(where, shape)
-    return reduce(weight * loss, reduction, mask, weight)
-
-
-# ---------------------------------------------------------------------------
-# Softmax focal losses (Keras CategoricalFocalCrossentropy), class axis last.
-# ---------------------------------------------------------------------------
-
-
-def softmax_focal_loss(
-    logits,
-    labels,
-    *,
-    gamma=2.0,
-    where=None,
-    class_mask=None,
-    weights=None,
-    class_weights=None,
-    label_smoothing=0.0,
-    reduction="none",
-    label_weight=None,
-):
-    """`−Σ_k c_k q̃_k (1 − p_k)^γ log p_k`, `q̃ = (1 − ε)·q + ε/C`.
-
-    The `"weighted_mean"` weight is `weights·Σ_k c_k q_k`, or `weights·label_weight`
-    when given (integer labels: `c_y`). A zero target contributes 0.
-    """
-    z = np.asarray(logits, np.float64)
-    q = np.broadcast_to(np.asarray(labels, np.float64), z.shape)
-    num_classes = z.shape[-1]
-    mask = np.ones(z.shape[:-1], bool)
-    if where is not None:
-        mask &= np.broadcast_to(where, mask.shape)
-    if class_mask is not None:
-        mask &= np.any(class_mask, axis=-1)
-    safe_class_mask = None if class_mask is None else class_mask | ~mask[..., None]
-    z = np.where(mask[..., None], z, 0.0)
-    cw = np.ones(num_classes) if class_weights is None else np.asarray(class_weights, np.float64)
-    targets = cw * ((1.0 - label_smoothing) * q + label_smoothing / num_classes)
-    if class_mask is not None:
-        targets = np.where(safe_class_mask, targets, 0.0)
-    log_p = log_softmax(z, safe_class_mask)
-    safe_log_p = np.where(targets == 0, -1.0, log_p)
-    focal = -((-np.expm1(safe_log_p)) ** gamma) * safe_log_p
-    loss = np.sum(np.where(targets == 0, 0.0, targets * focal), axis=-1)
-    if label_weight is None:
-        label_weight = np.ones(mask.shape) if class_weights is None else np.sum(cw * q, axis=-1)
-    example_weight = np.ones(mask.shape)
-    if weights is not None:
-        example_weight = np.broadcast_to(np.asarray(weights, np.float64), mask.shape)
-    return reduce(example_weight * loss, reduction, mask, example_weight * label_weight)
-
-
-def softmax_focal_loss_with_integer_labels(
-    logits, labels, *, where=None, ignore_index=None, class_weights=None, **kwargs
-):
-    """`softmax_focal_loss` of the one-hot labels; `ignore_index` masks (PyTorch)."""
-    z = np.asarray(logits, np.float64)
-    labels = np.asarray(labels)
-    num_classes = z.shape[-1]
-    mask = np.ones(labels.shape, bool)
-    if where is not None:
-        mask &= np.broadcast_to(where, labels.shape)
-    if ignore_index is not None:
-        mask &= labels != ignore_index
-    y = np.where(mask, labels, 0)
-    cw = np.ones(num_classes) if class_weights is None else np.asarray(class_weights, np.float64)
-    onehot = np.eye(num_classes)[y]
-    return softmax_focal_loss(
-        z, onehot, where=mask, class_weights=class_weights, label_weight=cw[y], **kwargs
-    )
+    weight = _batch(weights, shape, xp)
+    return reduce(weight * loss, reduction, mask, weight, xp=xp)
 
 
 # ---------------------------------------------------------------------------
@@ -382,17 +393,18 @@ def softmax_focal_loss_with_integer_labels(
 # ---------------------------------------------------------------------------
 
 
-def keras_clip(p, epsilon, dtype):
+def keras_clip(p, epsilon, dtype, *, xp=np):
     """Keras's `clip(p, ε, 1 − ε)`, with the bounds rounded to `dtype` as `jnp.clip` does."""
     low = float(np.asarray(epsilon, dtype))
     high = float(np.asarray(1.0 - epsilon, dtype))
-    return np.clip(np.asarray(p, np.float64), low, high)
+    return xp.clip(_f64(p, xp), low, high)
 
 
 def categorical_cross_entropy(
     probs,
     labels,
     *,
+    xp=np,
     epsilon=1e-7,
     clip_dtype=np.float64,
     where=None,
@@ -402,28 +414,28 @@ def categorical_cross_entropy(
     reduction="none",
 ):
     """Keras: `−Σ_k c_k q̃_k log clip(p_k / Σp, ε, 1 − ε)`, `q̃ = (1 − ε)·q + ε/C`."""
-    p = np.asarray(probs, np.float64)
-    q = np.broadcast_to(np.asarray(labels, np.float64), p.shape)
+    p = _f64(probs, xp)
+    q = xp.broadcast_to(_f64(labels, xp), p.shape)
     num_classes = p.shape[-1]
-    mask = np.ones(p.shape[:-1], bool)
-    if where is not None:
-        mask &= np.broadcast_to(where, mask.shape)
-    p = np.where(mask[..., None], p, 1.0)
-    p_hat = keras_clip(p / p.sum(axis=-1, keepdims=True), epsilon, clip_dtype)
-    cw = np.ones(num_classes) if class_weights is None else np.asarray(class_weights, np.float64)
+    mask = _batch(where, p.shape[:-1], xp, dtype=bool)
+    p = xp.where(mask[..., None], p, 1.0)
+    q = xp.where(mask[..., None], q, 0.0)
+    p_hat = keras_clip(p / xp.sum(p, axis=-1, keepdims=True), epsilon, clip_dtype, xp=xp)
+    cw = xp.ones(num_classes) if class_weights is None else _f64(class_weights, xp)
+    cw = _rows(cw, p.ndim, xp)
     targets = cw * ((1.0 - label_smoothing) * q + label_smoothing / num_classes)
-    loss = -np.sum(targets * np.log(p_hat), axis=-1)
-    label_weight = np.ones(mask.shape) if class_weights is None else np.sum(cw * q, axis=-1)
-    example_weight = np.ones(mask.shape)
-    if weights is not None:
-        example_weight = np.broadcast_to(np.asarray(weights, np.float64), mask.shape)
-    return reduce(example_weight * loss, reduction, mask, example_weight * label_weight)
+    loss = -xp.sum(targets * xp.log(p_hat), axis=-1)
+    label_weight = None if class_weights is None else xp.sum(cw * q, axis=-1)
+    example_weight = _batch(weights, mask.shape, xp)
+    weight = example_weight if label_weight is None else example_weight * label_weight
+    return reduce(example_weight * loss, reduction, mask, weight, xp=xp)
 
 
 def binary_cross_entropy(
     probs,
     labels,
     *,
+    xp=np,
     epsilon=1e-7,
     clip_dtype=np.float64,
     pos_weight=None,
@@ -433,23 +445,40 @@ def binary_cross_entropy(
     reduction="none",
 ):
     """Keras: the mean over the last axis of the clipped BCE (with TF's `pos_weight`)."""
-    p = np.asarray(probs, np.float64)
-    y = np.broadcast_to(np.asarray(labels, np.float64), p.shape)
+    p = _f64(probs, xp)
+    y = xp.broadcast_to(_f64(labels, xp), p.shape)
+    mask = _batch(where, p.shape[:-1], xp, dtype=bool)
+    y = xp.where(mask[..., None], y, 0.0)
     y = (1.0 - label_smoothing) * y + 0.5 * label_smoothing
-    mask = np.ones(p.shape[:-1], bool)
-    if where is not None:
-        mask &= np.broadcast_to(where, mask.shape)
-    p_hat = keras_clip(np.where(mask[..., None], p, 0.5), epsilon, clip_dtype)
-    c = np.ones(p.shape) if pos_weight is None else _elementwise(pos_weight, p.shape)
-    elementwise = -(c * y * np.log(p_hat) + (1.0 - y) * np.log(1.0 - p_hat))
-    loss = elementwise.mean(axis=-1)
-    example_weight = np.ones(mask.shape)
-    if weights is not None:
-        example_weight = np.broadcast_to(np.asarray(weights, np.float64), mask.shape)
-    return reduce(example_weight * loss, reduction, mask, example_weight)
+    p_hat = keras_clip(xp.where(mask[..., None], p, 0.5), epsilon, clip_dtype, xp=xp)
+    c = _batch(pos_weight, p.shape, xp)
+    elementwise = -(c * y * xp.log(p_hat) + (1.0 - y) * xp.log(1.0 - p_hat))
+    loss = xp.mean(elementwise, axis=-1)
+    example_weight = _batch(weights, mask.shape, xp)
+    return reduce(example_weight * loss, reduction, mask, example_weight, xp=xp)
 
 
 # ---------------------------------------------------------------------------
+# Fused linear projection + softmax cross-entropy (SPEC §2).
+# ---------------------------------------------------------------------------
+
+
+def linear_logits(x, w, bias=None, logit_soft_cap=None, *, xp=np):
+    """`cap(x @ w + bias)`, with Gemma 2's soft cap `cap(z) = c·tanh(z/c)`."""
+    z = _f64(x, xp) @ _f64(w, xp)
+    if bias is not None:
+        z = z + _rows(_f64(bias, xp), z.ndim, xp)
+    if logit_soft_cap is not None:
+        z = logit_soft_cap * xp.tanh(z / logit_soft_cap)
+    return z
+
+
+def linear_softmax_cross_entropy(x, w, labels, *, xp=np, bias=None, logit_soft_cap=None, **options):
+    """The integer-label softmax reference on the projected (and capped) logits."""
+    logits = linear_logits(x, w, bias, logit_soft_cap, xp=xp)
+    return softmax_cross_entropy_with_integer_labels(logits, labels, xp=xp, **options)
+
+
 # Class-weight tools (SPEC §2 "Class-weight tools"), written from the formulas
 # in docs/class_weights.md: absent classes (count 0) get weight 0 and are left
 # out of C₊, the median and every normalisation.
@@ -520,36 +549,3 @@ def class_balance_frequencies(batch_frequencies, decays):
     weights = np.array([(1.0 - decays[s]) * np.prod(decays[s + 1 :]) for s in range(num_batches)])
     stacked = np.asarray(batch_frequencies, np.float64)
     return (weights[:, None] * stacked).sum(axis=0) / weights.sum()
-
-
-# ---------------------------------------------------------------------------
-# Fused linear projection + softmax cross-entropy (SPEC §2).
-# ---------------------------------------------------------------------------
-
-
-def linear_logits(x, w, bias=None, logit_soft_cap=None):
-    """float64 `cap(x @ w + bias)`, with Gemma 2's soft cap `cap(z) = c·tanh(z/c)`."""
-    z = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
-    if bias is not None:
-        z = z + np.asarray(bias, np.float64)
-    if logit_soft_cap is not None:
-        z = logit_soft_cap * np.tanh(z / logit_soft_cap)
-    return z
-
-
-def linear_softmax_cross_entropy(x, w, labels, *, bias=None, logit_soft_cap=None, **options):
-    """The integer-label softmax reference on the projected (and capped) logits."""
-    logits = linear_logits(x, w, bias, logit_soft_cap)
-    return softmax_cross_entropy_with_integer_labels(logits, labels, **options)
-
-
-def jax_linear_twin(x, w, labels, *, bias=None, logit_soft_cap=None, **options):
-    """`linear_softmax_cross_entropy` in plain JAX: whole logits, then the autodiff twin."""
-    import jax.numpy as jnp
-
-    z = x @ w
-    if bias is not None:
-        z = z + bias.reshape((1,) * (z.ndim - 1) + bias.shape)
-    if logit_soft_cap is not None:
-        z = logit_soft_cap * jnp.tanh(z / logit_soft_cap)
-    return jax_integer_label_twin(z, labels, **options)

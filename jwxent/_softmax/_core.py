@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from jwxent._numerics import compute_dtype, expand_rank, finite_or_zero, sum_present
-from jwxent._platform import by_platform
+from jwxent._platform import by_platform, generic_active
 from jwxent._softmax import _xla_cpu
 from jwxent._softmax._passes import (
     adjusted,
@@ -127,19 +127,21 @@ def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
         margin = take_class(margins.astype(dtype), labels)
         log_sum, picked = _with_margin(shift, log_sum, picked, margin)
     # Each later pass reads the logits under its own name (XLA:CPU).
-    z_dots, _ = by_platform(z, (log_sum,), cpu=_xla_cpu.separate, default=separate)
+    z_dots, (_, offsets_dots) = by_platform(
+        z, (log_sum, offsets), cpu=_xla_cpu.separate, default=separate
+    )
     dots = []
     for t in targets:
-        dot = by_platform(z_dots, offsets, *t, cpu=_xla_cpu.target_dot, default=target_dot)
+        dot = by_platform(z_dots, offsets_dots, *t, cpu=_xla_cpu.target_dot, default=target_dot)
         if margin is not None and labels is not None:
             dot = dot - _target_at_label(t, labels, dtype) * margin
         dots.append(dot)
     prob_dots = []
     if with_prob_dots:
-        z_probs, (shift_p, log_sum_p) = by_platform(
-            z, (shift, log_sum), cpu=_xla_cpu.separate, default=separate
+        z_probs, (shift_p, log_sum_p, offsets_p) = by_platform(
+            z, (shift, log_sum, offsets), cpu=_xla_cpu.separate, default=separate
         )
-        p = probabilities(z_probs, class_mask, offsets, shift_p, log_sum_p)
+        p = probabilities(z_probs, class_mask, offsets_p, shift_p, log_sum_p)
         prob_dots = [jnp.sum(target_values(*t, z.ndim, dtype) * p, axis=-1) for t in targets]
     return RowStats(shift, log_sum, picked, tuple(dots), tuple(prob_dots))
 
@@ -188,7 +190,7 @@ def _row_stats_jvp(with_prob_dots, primals, tangents):
     d_inputs = jax.tree.map(lambda t: None if _no_tangent(t) else t, d_inputs, is_leaf=_no_tangent)
     if all(leaf is None for leaf in jax.tree.leaves(d_inputs, is_leaf=lambda t: t is None)):
         return stats, jax.tree.map(lambda s: SymbolicZero(jax.typeof(s)), stats)
-    d_stats = _tangent_map(with_prob_dots, inputs, stats, d_inputs)
+    d_stats = _tangent_map(with_prob_dots, generic_active(), inputs, stats, d_inputs)
     zero = SymbolicZero(jax.typeof(stats.shift))
     return stats, jax.tree.map(lambda d: zero if d is None else d, d_stats, is_leaf=_is_none)
 
@@ -212,23 +214,28 @@ def _scale(x: Array | None, factor: Array) -> Array | None:
     jax.checkpoint,
     prevent_cse=False,
     policy=jax.checkpoint_policies.nothing_saveable,
-    static_argnums=(0,),
+    static_argnums=(0, 1),
 )
 def _tangent_map(
-    with_prob_dots: bool, inputs: _Inputs, stats: RowStats, d_inputs: _Inputs
+    with_prob_dots: bool, generic: bool, inputs: _Inputs, stats: RowStats, d_inputs: _Inputs
 ) -> RowStats:
     """The tangents of `stats`, linear in `d_inputs` (None: no tangent).
 
     Under `jax.checkpoint`, reverse mode recomputes the probabilities here in
-    the backward pass instead of storing them.
+    the backward pass instead of storing them. `generic` only keys the traces
+    that `jax.checkpoint` caches (see `_platform.generic_only`).
     """
+    del generic
     z, class_mask, labels, offsets, margins, targets = inputs
     dz, _, _, d_offsets, d_margins, d_targets = d_inputs
     dtype = stats.log_sum.dtype
     ndim = z.ndim
     # The backward pass reads the logits under its own name (XLA:CPU).
-    z, (shift, log_sum, picked) = by_platform(
-        z, (stats.shift, stats.log_sum, stats.picked), cpu=_xla_cpu.separate, default=separate
+    z, (shift, log_sum, picked, offsets) = by_platform(
+        z,
+        (stats.shift, stats.log_sum, stats.picked, offsets),
+        cpu=_xla_cpu.separate,
+        default=separate,
     )
     p = probabilities(z, class_mask, offsets, shift, log_sum)
     # Tangent of the adjusted logits z̃ = z + δ (the margin is handled below).

@@ -10,6 +10,7 @@
 * `cost_weight`: the cost-matrix weight of each example.
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -99,7 +100,7 @@ class PreparedLogits:
         z, class_mask = self.logits, self.logit_mask
         if mask is None:
             return z, class_mask
-        z = jnp.where(mask[..., None], z, jnp.zeros_like(z))
+        z = _zero_outside(z, mask, None)
         if class_mask is not None:
             class_mask = class_mask | ~mask[..., None]
         return z, class_mask
@@ -107,6 +108,19 @@ class PreparedLogits:
     def class_vector(self, x: ArrayLike | None, name: str) -> Array | None:
         """A `[num_classes]` keyword (`class_weights`, ...) checked, in the compute dtype."""
         return class_vector(x, self.num_classes, self.dtype, name)
+
+
+@functools.partial(
+    jax.checkpoint, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable
+)
+def _zero_outside(x: Array, row_mask: Array | None, class_mask: Array | None) -> Array:
+    """`x` (`[..., C]`) with the masked rows and classes replaced by 0.
+
+    Under `jax.checkpoint` reverse mode keeps the masks as they are, not a
+    masked `[batch, classes]` copy of `x` or a broadcast of the row mask.
+    """
+    keep = _reduction.combine_masks(class_mask, None if row_mask is None else row_mask[..., None])
+    return x if keep is None else jnp.where(keep, x, jnp.zeros_like(x))
 
 
 def class_vector(
@@ -209,10 +223,9 @@ def prepare_probability_labels(
     q = prepared.classes_last(labels, "labels")
     if not jnp.issubdtype(q.dtype, jnp.floating):
         q = q.astype(prepared.dtype)
-    keep = _reduction.combine_masks(prepared.logit_mask, None if mask is None else mask[..., None])
-    if keep is not None:
-        q = jnp.where(keep, q, jnp.zeros_like(q))
-    return q
+    if mask is None and prepared.logit_mask is None:
+        return q
+    return _zero_outside(q, mask, prepared.logit_mask)
 
 
 def cost_weight(

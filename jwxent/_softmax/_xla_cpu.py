@@ -63,6 +63,9 @@ def _sum_exp(z: Array, offsets: Array | None, shift: Array) -> Array:
     in front of the reshape, which would give the library the long rows).
     """
     dtype = shift.dtype
+    # Its own names for the logits and the offsets: a convert or a broadcast
+    # shared with another pass would be written out.
+    z, offsets, shift = lax.optimization_barrier((z, offsets, shift))
     pieces = _row_pieces(z.shape[-1])
     if pieces == 1:
         zt = _passes.adjusted(z, offsets, dtype)

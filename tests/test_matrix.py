@@ -1,0 +1,643 @@
+"""The conformance matrix: every registered loss × modes, transformations, dtypes, edges.
+
+`tests/_registry.py` lists the public losses; every test here is
+parametrised over it, so a loss added there is covered by all of them. The
+references are `tests/_references.py`'s float64 formulas: in NumPy for values
+and finite differences, in plain JAX for Hessians. Both forms of the
+derivative core run: the XLA:CPU one and the generic one that the CUDA and
+TPU programs use (`_platform.generic_only`).
+"""
+
+import contextlib
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jwxent import _platform
+from tests import _registry as registry
+from tests._registry import (
+    BY_NAME,
+    LOSSES,
+    REDUCTIONS,
+    call,
+    call_values,
+    case_id,
+    cases,
+    differentiable,
+)
+from tests._tolerance import assert_close
+
+SCALAR_REDUCTIONS = REDUCTIONS[1:]
+PATHS = ("xla_cpu", "generic")
+
+# The matrix checks numbers, not speed: compile without LLVM's expensive passes.
+jit = functools.partial(
+    jax.jit,
+    compiler_options={
+        "xla_backend_optimization_level": 0,
+        "xla_llvm_disable_expensive_passes": True,
+    },
+)
+loss_ids = pytest.mark.parametrize("loss", LOSSES, ids=str)
+
+
+def _path(path: str):
+    return _platform.generic_only() if path == "generic" else contextlib.nullcontext()
+
+
+def _random_like(tree, seed):
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda a: rng.standard_normal(np.shape(a)).astype(a.dtype), tree)
+
+
+def _reduced(loss, values, reduction, **extra):
+    """`"none"` as it is, or the scalar reductions stacked, for values `values`."""
+    if reduction == "none":
+        return call(loss, values, reduction="none", **extra)
+    return jnp.stack([call(loss, values, reduction=r, **extra) for r in SCALAR_REDUCTIONS])
+
+
+def _numpy_reduced(loss, values, reduction):
+    args = [values[name] for name in loss.data]
+    kwargs = {k: v for k, v in values.items() if k not in loss.data}
+    if reduction == "none":
+        return loss.reference(*args, **kwargs, reduction="none")
+    return np.stack([loss.reference(*args, **kwargs, reduction=r) for r in SCALAR_REDUCTIONS])
+
+
+# ---------------------------------------------------------------------------
+# Values, reverse mode and forward mode, every reduction, both paths.
+# ---------------------------------------------------------------------------
+
+
+def _directional_derivative(loss, values, name, tangent, reduction, step=1e-6):
+    """Central finite difference of the NumPy reference along `tangent` of input `name`."""
+
+    def at(sign):
+        moved = {**values, name: values[name] + sign * step * tangent}
+        return _numpy_reduced(loss, moved, reduction)
+
+    return (at(1.0) - at(-1.0)) / (2 * step)
+
+
+def _modes(loss, values):
+    """Per reduction kind: value, VJP of a random cotangent, JVP along random tangents."""
+
+    def run(floats, tangents):
+        out = {}
+        for seed, reduction in enumerate(("none", "scalars")):
+            f = lambda fl, r=reduction: _reduced(loss, {**values, **fl}, r)
+            value, vjp = jax.vjp(f, floats)
+            _, jvp = jax.jvp(f, (floats,), (tangents,))
+            cotangent = jnp.asarray(_random_like(value, seed))
+            out[reduction] = (value, cotangent, vjp(cotangent)[0], jvp)
+        return out
+
+    return run
+
+
+# optax's own tests and `tests/test_optax_compat.py` check these without keywords.
+OPTAX_NAMED = {
+    "softmax_cross_entropy_with_integer_labels",
+    "softmax_cross_entropy",
+    "safe_softmax_cross_entropy",
+    "poly_loss_cross_entropy",
+    "sigmoid_binary_cross_entropy",
+    "sigmoid_focal_loss",
+}
+# The losses built on the softmax core, whose passes have a generic and an XLA:CPU form.
+ON_THE_CORE = {
+    "softmax_cross_entropy_with_integer_labels",
+    "softmax_cross_entropy",
+    "poly_loss_cross_entropy",
+    "softmax_focal_loss",
+    "softmax_focal_loss_with_integer_labels",
+    "linear_softmax_cross_entropy",
+}
+MODE_CASES = [
+    (case, "xla_cpu") for case in cases() if case[1] != "plain" or case[0].name not in OPTAX_NAMED
+] + [(case, "generic") for case in cases("everything", "class_mask") if case[0].name in ON_THE_CORE]
+
+
+@pytest.mark.parametrize(
+    ("case", "path"), MODE_CASES, ids=lambda c: c if isinstance(c, str) else case_id(c)
+)
+def test_values_and_derivatives_match_the_reference(case, path):
+    """Values against NumPy; derivatives against finite differences of it.
+
+    Each input's VJP is checked on its own (`⟨vjp_i, t_i⟩ = ⟨g, ∂_i f·t_i⟩`),
+    so a wrong cotangent of any one input (`class_weights`, probability
+    labels, a hyperparameter array) fails; the JVP along all tangents at once.
+    """
+    loss, variant = case
+    with jax.enable_x64(True), _path(path):
+        values = call_values(loss, variant, registry.arrays(loss.name))
+        names = differentiable(values)
+        floats = {n: jnp.asarray(values[n]) for n in names}
+        tangents = _random_like({n: values[n] for n in names}, 7)
+        ours = jit(_modes(loss, values))(floats, tangents)
+    for reduction, (value, cotangent, grads, jvp) in ours.items():
+        expected = _numpy_reduced(loss, values, reduction)
+        assert_close(value, expected, jnp.float64, 64, err_msg=f"{reduction}: value")
+        slopes = {
+            n: _directional_derivative(loss, values, n, tangents[n], reduction) for n in names
+        }
+        np.testing.assert_allclose(
+            jvp, sum(slopes.values()), rtol=1e-6, atol=1e-6, err_msg=f"{reduction}: jvp"
+        )
+        for name in names:
+            np.testing.assert_allclose(
+                np.sum(np.asarray(grads[name]) * tangents[name]),
+                np.sum(np.asarray(cotangent) * slopes[name]),
+                rtol=1e-6,
+                atol=1e-6,
+                err_msg=f"{reduction}: vjp of {name}",
+            )
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=str)
+def test_float32_values_match_float64_reference(loss):
+    """Every reduction from float32 inputs, within float32 rounding of the reference."""
+    values = call_values(loss, "everything", registry.arrays(loss.name))
+    single = {
+        k: v.astype(np.float32) if k in differentiable(values) else v for k, v in values.items()
+    }
+    ours = jit(lambda v: {r: _reduced(loss, v, r) for r in ("none", "scalars")})(single)
+    for reduction, value in ours.items():
+        assert value.dtype == jnp.float32
+        assert_close(value, _numpy_reduced(loss, single, reduction), jnp.float32, 64)
+
+
+# ---------------------------------------------------------------------------
+# Second order and the other forward-mode entry points, against plain JAX.
+# ---------------------------------------------------------------------------
+
+
+@loss_ids
+def test_hessian_jacfwd_and_linearize_match_plain_jax(loss):
+    with jax.enable_x64(True):
+        values = call_values(loss, "everything", registry.arrays(loss.name, batch=(3,), classes=4))
+        main = loss.data[0]
+
+        def f(x, reference=False):
+            return call(loss, {**values, main: x}, reference=reference, reduction="sum")
+
+        def ours(x, tangent):
+            _, linear = jax.linearize(f, x)
+            return jax.hessian(f)(x), jax.jacrev(jax.grad(f))(x), jax.jacfwd(f)(x), linear(tangent)
+
+        def theirs(x, tangent):
+            gradient = jax.grad(f)(x, reference=True)
+            return jax.hessian(f)(x, True), gradient, jnp.sum(gradient * tangent)
+
+        x = jnp.asarray(values[main])
+        tangent = jnp.asarray(_random_like(values[main], 3))
+        hessian, hessian_rev, jacobian, slope = jit(ours)(x, tangent)
+        expected_hessian, expected_jacobian, expected_slope = jit(theirs)(x, tangent)
+        assert_close(hessian, expected_hessian, jnp.float64, 64)
+        assert_close(hessian_rev, expected_hessian, jnp.float64, 64)
+        assert_close(jacobian, expected_jacobian, jnp.float64, 64)
+        assert_close(slope, expected_slope, jnp.float64, 64)
+
+
+# ---------------------------------------------------------------------------
+# Transformations: jit, vmap, checkpoint, scan, no retrace; traced hyperparameters.
+# ---------------------------------------------------------------------------
+
+
+def _float32(values):
+    return {
+        k: v.astype(np.float32) if k in differentiable(values) else v for k, v in values.items()
+    }
+
+
+def _split(values):
+    """`(arrays, static)`: the array arguments (traced) and the Python ones (static)."""
+    arrays = {k: v for k, v in values.items() if isinstance(v, np.ndarray | jax.Array)}
+    return arrays, tuple(sorted((k, v) for k, v in values.items() if k not in arrays))
+
+
+def _reduction(loss):
+    return "sum" if loss.layout == "elementwise" else "weighted_mean"
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *a: np.stack(a), *trees)
+
+
+def _assert_trees_close(actual, expected):
+    chex.assert_trees_all_close(actual, expected, rtol=2e-5, atol=2e-6)
+
+
+def _value_and_grads(loss, static, names):
+    """`arrays -> (loss, gradients of the named arrays)`, one scalar reduction."""
+
+    def value_and_grads(arrays):
+        f = lambda fl: call(loss, {**arrays, **fl, **dict(static)}, reduction=_reduction(loss))
+        return jax.value_and_grad(f)({n: arrays[n] for n in names})
+
+    return value_and_grads
+
+
+@functools.cache
+def _evaluator(loss_name, static, names):
+    """A jitted `arrays -> (every reduction, gradients of the scalar ones' sum)`.
+
+    Cached by what it closes over, so that tests with inputs of the same shapes
+    share one compilation.
+    """
+    loss = BY_NAME[loss_name]
+
+    def run(arrays):
+        values = {**arrays, **dict(static)}
+        out = {r: call(loss, values, reduction=r) for r in REDUCTIONS}
+
+        def total(floats):
+            merged = {**values, **floats}
+            return sum(call(loss, merged, reduction=r) for r in SCALAR_REDUCTIONS)
+
+        return out, jax.grad(total)({n: arrays[n] for n in names})
+
+    return jit(run)
+
+
+def _all_reductions_and_grads(loss, values):
+    arrays, static = _split(values)
+    return _evaluator(loss.name, static, tuple(differentiable(values)))(arrays)
+
+
+@loss_ids
+def test_jit_vmap_checkpoint_scan_and_no_retrace(loss):
+    problems = [
+        _float32(call_values(loss, "everything", registry.arrays(loss.name, seed=s)))
+        for s in range(3)
+    ]
+    arrays = [_split(p)[0] for p in problems]
+    static = _split(problems[0])[1]
+    value_and_grads = _value_and_grads(loss, static, differentiable(problems[0]))
+    chex.clear_trace_counter()
+    step = jit(chex.assert_max_traces(value_and_grads, n=1))
+    looped = [step(a) for a in arrays]  # new values, same shapes: no retrace
+
+    def transformed(stacked):
+        def body(total, a):
+            value, grads = value_and_grads(a)
+            return total + value, grads
+
+        scanned = jax.lax.scan(body, jnp.zeros((), jnp.float32), stacked)
+        first = jax.tree.map(lambda a: a[0], stacked)
+        return jax.vmap(value_and_grads)(stacked), jax.checkpoint(value_and_grads)(first), scanned
+
+    batched, remat, (total, grads) = jit(transformed)(_stack(arrays))
+    _assert_trees_close(batched, _stack(looped))
+    _assert_trees_close(remat, looped[0])
+    assert_close(total, sum(v for v, _ in looped), jnp.float32, 64)
+    _assert_trees_close(grads, _stack([g for _, g in looped]))
+
+
+@loss_ids
+def test_vmap_over_one_keyword_array_equals_a_loop(loss):
+    """vmap over `class_weights` (or another per-class array) alone."""
+    values = _float32(call_values(loss, "everything", registry.arrays(loss.name)))
+    name = next(n for n in ("class_weights", "pos_weight", "alpha", "weights") if n in values)
+    rng = np.random.default_rng(5)
+    sweep = np.stack([values[name] * rng.uniform(0.5, 2.0) for _ in range(3)]).astype(np.float32)
+    arrays, static = _split(values)
+    value_and_grads = _value_and_grads(loss, static, differentiable(values))
+    f = lambda a: value_and_grads({**arrays, name: a})
+    looped = [jit(f)(a) for a in sweep]
+    _assert_trees_close(jit(jax.vmap(f))(sweep), _stack(looped))
+
+
+@loss_ids
+def test_traced_hyperparameters_equal_python_numbers(loss):
+    """Traced under jit and swept by vmap, hyperparameters give a Python number's answer."""
+    values = _float32(call_values(loss, "everything", registry.arrays(loss.name)))
+    names = tuple(differentiable(values))
+    hyper = {k: np.asarray(v, np.float32) for k, v in loss.hyperparameters.items()}
+    halves = {k: v / 2 for k, v in hyper.items()}
+    numbers = {**values, **{k: float(v) for k, v in hyper.items()}}
+    expected = jit(_value_and_grads(loss, _split(numbers)[1], names))(_split(numbers)[0])
+    arrays, static = _split({**values, **hyper})
+    traced_fn = _value_and_grads(loss, static, names)
+    traced = jit(traced_fn)
+    _assert_trees_close(traced(arrays), expected)
+    half_value, _ = traced({**arrays, **halves})
+    reference = _numpy_reduced(loss, {**values, **halves}, "scalars")
+    assert_close(half_value, reference[SCALAR_REDUCTIONS.index(_reduction(loss))], jnp.float32, 64)
+    swept = jit(
+        jax.vmap(traced_fn, in_axes=({**{k: None for k in arrays}, **{k: 0 for k in hyper}},))
+    )({**arrays, **{k: np.stack([hyper[k], halves[k]]) for k in hyper}})
+    _assert_trees_close(swept, _stack([traced(arrays), traced({**arrays, **halves})]))
+
+
+# ---------------------------------------------------------------------------
+# Edge inputs: empty batch, one class, everything masked, zero weights, huge logits.
+# ---------------------------------------------------------------------------
+
+
+def _main_float(loss):
+    return loss.data[0]
+
+
+@loss_ids
+def test_empty_batch_gives_zero_and_an_empty_gradient(loss):
+    values = _float32(call_values(loss, "everything", registry.arrays(loss.name, batch=(0,))))
+    out, grads = _all_reductions_and_grads(loss, values)
+    assert out["none"].shape[0] == 0
+    for reduction in SCALAR_REDUCTIONS:
+        assert float(out[reduction]) == 0.0, reduction
+    for name, grad in grads.items():
+        assert grad.shape == values[name].shape, name
+        assert np.all(np.asarray(grad) == 0), name
+
+
+@loss_ids
+def test_one_class_matches_the_reference(loss):
+    values = _float32(call_values(loss, "everything", registry.arrays(loss.name, classes=1)))
+    out, grads = _all_reductions_and_grads(loss, values)
+    assert_close(out["none"], _numpy_reduced(loss, values, "none"), jnp.float32, 64)
+    scalars = jnp.stack([out[r] for r in SCALAR_REDUCTIONS])
+    assert_close(scalars, _numpy_reduced(loss, values, "scalars"), jnp.float32, 64)
+    assert all(np.all(np.isfinite(g)) for g in grads.values())
+
+
+def _masked_everything(loss, values):
+    """Every example masked out through `where` (and labels all ignored if possible)."""
+    masked = dict(values)
+    masked["where"] = np.zeros(np.shape(values["where"]), bool)
+    if "ignore_index" in values:
+        masked["labels"] = np.full(np.shape(values["labels"]), registry.IGNORE, np.int32)
+    return masked
+
+
+@loss_ids
+def test_everything_masked_or_zero_weights_gives_zero_not_nan(loss):
+    values = _float32(call_values(loss, "everything", registry.arrays(loss.name)))
+    for case in (_masked_everything(loss, values), {**values, "weights": 0.0 * values["weights"]}):
+        out, grads = _all_reductions_and_grads(loss, case)
+        assert np.all(np.asarray(out["none"]) == 0)
+        for reduction in SCALAR_REDUCTIONS:
+            assert float(out[reduction]) == 0.0, reduction
+        for name, grad in grads.items():
+            if name != "weights":  # the loss does depend on the weights' values
+                assert np.all(np.asarray(grad) == 0), name
+            assert np.all(np.isfinite(grad)), name
+
+
+ON_LOGITS = [loss for loss in LOSSES if loss.data[0] in ("logits", "x")]
+
+
+@pytest.mark.parametrize("loss", ON_LOGITS, ids=str)
+def test_huge_logits_are_finite_and_exact(loss):
+    values = _float32(call_values(loss, "everything", registry.arrays(loss.name)))
+    main = _main_float(loss)
+    rng = np.random.default_rng(11)
+    values[main] = (1e4 * rng.choice([-1.0, 1.0], np.shape(values[main]))).astype(np.float32)
+    out, grads = _all_reductions_and_grads(loss, values)
+    for reduction in REDUCTIONS:
+        assert np.all(np.isfinite(out[reduction])), reduction
+    expected = _numpy_reduced(loss, values, "none")
+    np.testing.assert_allclose(out["none"], expected, rtol=1e-5, atol=1e-3)
+    assert all(np.all(np.isfinite(g)) for g in grads.values())
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    "name", ["softmax_cross_entropy_with_integer_labels", "softmax_cross_entropy"]
+)
+def test_tied_huge_logits_keep_the_gradient_exact(name, path):
+    """`softmax − target` for logits of 1e8: the shift and the log-sum stay apart."""
+    logits = np.array([[1e8, 1e8, 0.0], [0.0, -1e8, -1e8]], np.float32)
+    labels = np.array([0, 1], np.int32)
+    if name == "softmax_cross_entropy":
+        labels = np.eye(3, dtype=np.float32)[labels]
+    loss = registry.BY_NAME[name]
+    with _path(path):
+        grad = jit(
+            jax.grad(lambda z: call(loss, {"logits": z, "labels": labels}, reduction="sum"))
+        )(logits)
+    np.testing.assert_array_equal(grad, [[-0.5, 0.5, 0.0], [1.0, -1.0, 0.0]])
+
+
+@pytest.mark.parametrize(
+    "loss", [loss for loss in LOSSES if "class_mask" in loss.variants], ids=str
+)
+def test_masked_classes_at_minus_infinity_have_zero_gradient(loss):
+    values = _float32(call_values(loss, "class_mask", registry.arrays(loss.name)))
+    main = _main_float(loss)
+    if "labels" in values and values["labels"].dtype.kind == "i":
+        values["labels"] = np.zeros_like(values["labels"])  # class 0 is never masked
+    if main == "logits":
+        values["logits"] = np.where(values["where"], values["logits"], -np.inf).astype(np.float32)
+    out, grads = _all_reductions_and_grads(loss, values)
+    for reduction in REDUCTIONS:
+        assert np.all(np.isfinite(out[reduction])), reduction
+    if main == "logits":
+        np.testing.assert_array_equal(np.asarray(grads["logits"])[~values["where"]], 0.0)
+    assert all(np.all(np.isfinite(g)) for g in grads.values())
+
+
+# ---------------------------------------------------------------------------
+# Dtypes: half precision in float32, integer label dtypes.
+# ---------------------------------------------------------------------------
+
+HALF = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_EPS = {"bfloat16": 2.0**-7, "float16": 2.0**-10}
+
+
+@pytest.mark.parametrize("dtype", list(HALF))
+@pytest.mark.parametrize("loss", LOSSES, ids=str)
+def test_half_precision_inputs_are_computed_in_float32(loss, dtype):
+    """Half-precision data: the loss within float32 rounding of the reference on the
+    rounded inputs, the gradient in the input dtype within two of its ulps of
+    max |g|. A pass that computed probabilities, the log-sum-exp or the label's
+    term in half precision fails both.
+    """
+    values = _float32(call_values(loss, "everything", registry.arrays(loss.name, seed=3)))
+    main = _main_float(loss)
+    half = jnp.asarray(values[main] * (3.0 if main == "logits" else 1.0)).astype(HALF[dtype])
+    if main == "x":
+        values["w"] = np.asarray(jnp.asarray(values["w"]).astype(HALF[dtype]))
+    half_values = (
+        {**values, main: half}
+        if main != "x"
+        else {**values, "x": half, "w": jnp.asarray(values["w"], HALF[dtype])}
+    )
+    rounded = {
+        k: np.asarray(v, np.float64) if k in (main, "w") else v for k, v in half_values.items()
+    }
+
+    def f(x):
+        return call(loss, {**half_values, main: x}, reduction="sum")
+
+    value, grad = jit(jax.value_and_grad(f))(half)
+    assert value.dtype == jnp.float32 and grad.dtype == half.dtype
+    # The inputs are exact in float64: only float32 rounding separates the two.
+    np.testing.assert_allclose(value, _numpy_reduced(loss, rounded, "scalars")[0], rtol=1e-5)
+    with jax.enable_x64(True):
+        expected = jax.grad(
+            lambda x: call(loss, {**rounded, main: x}, reference=True, reduction="sum")
+        )(jnp.asarray(rounded[main]))
+        expected = np.asarray(expected)
+    error = np.max(np.abs(np.asarray(grad, np.float64) - expected))
+    assert error <= 2 * _EPS[dtype] * np.max(np.abs(expected)), (error, np.max(np.abs(expected)))
+
+
+INTEGER_LABELS = [
+    loss
+    for loss in LOSSES
+    if "ignore_index" in loss.variants or loss.name.endswith("integer_labels")
+]
+
+
+@pytest.mark.parametrize("loss", INTEGER_LABELS, ids=str)
+def test_every_integer_label_dtype_gives_the_same_loss(loss):
+    values = _float32(call_values(loss, "plain", registry.arrays(loss.name)))
+    f = jit(lambda v: call(loss, v, reduction="none"))
+    expected = f(values)
+    for dtype in (np.int8, np.uint8, np.int16, np.uint32):
+        np.testing.assert_array_equal(
+            f({**values, "labels": values["labels"].astype(dtype)}), expected
+        )
+    with jax.enable_x64(True):
+        wide = jit(lambda v: call(loss, v, reduction="none"))(
+            {**values, "labels": values["labels"].astype(np.int64)}
+        )
+    np.testing.assert_array_equal(wide, expected)
+
+
+@pytest.mark.parametrize("loss", INTEGER_LABELS, ids=str)
+@pytest.mark.parametrize("bad", ["num_classes", "-1"])
+def test_out_of_range_labels_raise_eagerly_and_give_nan_under_jit(loss, bad):
+    values = _float32(call_values(loss, "plain", registry.arrays(loss.name, batch=(4,))))
+    classes = registry.arrays(loss.name, batch=(4,))["class_weights"].shape[0]
+    label = classes if bad == "num_classes" else -1
+    labels = values["labels"].copy()
+    labels[2] = label
+    broken = {**values, "labels": labels}
+    with pytest.raises(
+        ValueError, match=rf"`labels` must be in \[0, {classes}\).*got {label} at index \(2,\)"
+    ):
+        call(loss, broken, reduction="none")
+    out = jit(lambda v: call(loss, v, reduction="none"))(broken)
+    assert np.isnan(out[2])
+    good = jit(lambda v: call(loss, v, reduction="none"))(values)
+    np.testing.assert_array_equal(np.delete(np.asarray(out), 2), np.delete(np.asarray(good), 2))
+
+
+@pytest.mark.parametrize("classes", [50257, 32771])
+def test_rows_longer_than_a_library_piece(classes):
+    """Past 32768 classes XLA:CPU sums rows in pieces: 50257 = 29 pieces, 32771 is prime."""
+    loss = registry.BY_NAME["softmax_cross_entropy_with_integer_labels"]
+    rng = np.random.default_rng(5)
+    values = {
+        "logits": (3.0 * rng.standard_normal((3, classes))).astype(np.float32),
+        "labels": rng.integers(0, classes, 3).astype(np.int32),
+        "class_weights": rng.uniform(0.2, 3.0, classes).astype(np.float32),
+        "logit_adjustment": rng.normal(0.0, 1.0, classes).astype(np.float32),
+        "label_smoothing": 0.1,
+    }
+    out, grads = _all_reductions_and_grads(loss, values)
+    assert_close(out["none"], _numpy_reduced(loss, values, "none"), jnp.float32, classes)
+    with jax.enable_x64(True):
+        f64 = {k: np.asarray(v, np.float64) if k in grads else v for k, v in values.items()}
+        expected = jax.grad(
+            lambda z: sum(
+                call(loss, {**f64, "logits": z}, reference=True, reduction=r)
+                for r in SCALAR_REDUCTIONS
+            )
+        )(jnp.asarray(f64["logits"]))
+        expected = np.asarray(expected)
+    assert_close(grads["logits"], expected, jnp.float32, classes)
+
+
+# ---------------------------------------------------------------------------
+# Programs: the CUDA and TPU lowerings; what reverse mode keeps.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+@loss_ids
+def test_accelerator_programs_have_no_conditional_or_barrier(loss, platform):
+    values = _float32(call_values(loss, "everything", registry.arrays(loss.name)))
+    names = differentiable(values)
+    f = jax.value_and_grad(lambda fl: call(loss, {**values, **fl}, reduction=_reduction(loss)))
+    text = (
+        jax.jit(f)
+        .trace({n: values[n] for n in names})
+        .lower(lowering_platforms=(platform,))
+        .as_text()
+    )
+    for op in ("stablehlo.case", "stablehlo.if", "optimization_barrier"):
+        assert op not in text, op
+
+
+def test_the_cpu_program_has_its_workarounds_and_generic_only_removes_them():
+    loss = registry.BY_NAME["softmax_cross_entropy_with_integer_labels"]
+    values = _float32(call_values(loss, "plain", registry.arrays(loss.name)))
+    f = lambda z: call(loss, {**values, "logits": z}, reduction="sum")
+    text = jax.jit(jax.grad(f)).trace(values["logits"]).lower().as_text()
+    assert "optimization_barrier" in text
+    with _platform.generic_only():
+        generic = jax.jit(jax.grad(lambda z: f(z))).trace(values["logits"]).lower().as_text()
+    assert "optimization_barrier" not in generic
+
+
+@pytest.mark.parametrize(
+    "loss", [BY_NAME[n] for n in sorted(ON_THE_CORE - {"linear_softmax_cross_entropy"})], ids=str
+)
+def test_reverse_mode_keeps_no_batch_by_classes_float32_array(loss):
+    """`jax.vjp` without `jit`, bf16 logits: no float32 probability or copy is kept."""
+    values = _float32(
+        call_values(loss, "everything", registry.arrays(loss.name, batch=(16,), classes=24))
+    )
+    logits = jnp.asarray(values["logits"], jnp.bfloat16)
+    inputs = {k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in values.items()}
+    _, pullback = jax.vjp(lambda z: call(loss, {**inputs, "logits": z}, reduction="sum"), logits)
+
+    def wide(arrays):
+        """The float32 or bool arrays with as many elements as the logits."""
+        return [
+            f"{a.dtype}{list(np.shape(a))}"
+            for a in arrays
+            if np.size(a) == logits.size and a.dtype in (jnp.float32, jnp.bool_)
+        ]
+
+    # Only the inputs themselves (float32 probability labels) may be kept.
+    given = wide(v for v in inputs.values() if isinstance(v, jax.Array))
+    kept = wide(jax.tree.leaves(pullback))
+    assert len(kept) <= len(given), (kept, given)
+
+
+def test_the_fused_loss_accumulates_half_precision_matmuls_in_float32():
+    """XLA:CPU may keep excess precision, so a bf16 product could pass numerically: the
+    program itself must ask for float32 results of every half-precision matmul."""
+    loss = BY_NAME["linear_softmax_cross_entropy"]
+    values = _float32(call_values(loss, "everything", registry.arrays(loss.name)))
+    x, w = (jnp.asarray(values[n], jnp.bfloat16) for n in ("x", "w"))
+    f = jax.value_and_grad(
+        lambda x, w: call(loss, {**values, "x": x, "w": w}, reduction="mean"), argnums=(0, 1)
+    )
+    products = list(_equations(jax.make_jaxpr(f)(x, w).jaxpr, "dot_general"))
+    assert products
+    for eqn in products:
+        operands = {v.aval.dtype for v in eqn.invars}
+        if jnp.dtype(jnp.bfloat16) in operands:
+            assert eqn.params["preferred_element_type"] == jnp.float32, eqn
+
+
+def _equations(jaxpr, primitive):
+    """Every equation of `primitive` in `jaxpr` and the jaxprs nested in it."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == primitive:
+            yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner, primitive)
