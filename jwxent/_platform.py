@@ -15,7 +15,7 @@ leaves constant-index `case` ops in the lowered program):
 * lowering: the form for the platform being lowered; a multi-platform
   lowering (`jax.export`) falls back to `lax.platform_dependent`;
 * abstract evaluation: the generic form's output types (shapes, dtypes,
-  shardings, varying mesh axes);
+  shardings), varying over the mesh axes its inputs vary over;
 * eager evaluation: the form of the default backend;
 * `vmap`: the primitive again, over the vmapped forms;
 * forward mode: the generic form's JVP (the derivative rules of the losses
@@ -98,7 +98,14 @@ _per_platform_p.multiple_results = True
 @_per_platform_p.def_abstract_eval
 def _abstract_eval(*avals, cpu, default):
     del cpu
-    return jax.make_jaxpr(default)(*avals).out_avals
+    outs = jax.make_jaxpr(default)(*avals).out_avals
+    # Inside `shard_map`, the outputs vary over the mesh axes the inputs vary
+    # over (tracing the form anew does not carry that part of the types).
+    manual = [a.manual_axis_type for a in avals if getattr(a, "manual_axis_type", None)]
+    if not manual:
+        return outs
+    widest = max(manual, key=lambda m: len(m.varying))
+    return [out.update(manual_axis_type=widest) for out in outs]
 
 
 @_per_platform_p.def_impl

@@ -17,8 +17,10 @@ the math (the double-`where` trick) so that no NaN can leak through.
 A zero denominator gives 0 loss and 0 gradient, never NaN.
 """
 
+import functools
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 
 from jwxent import _checks
@@ -172,6 +174,16 @@ def finish(
     Returns:
       The reduced loss, `loss.dtype`.
     """
+    _checks.check_reduction(reduction)
+    if weights is not None:
+        weights = jnp.asarray(weights)
+        _checks.check_broadcastable(weights, loss.shape, "weights")
+    return _finish(loss, reduction, weights, mask, label_weight, cost)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _finish(loss, reduction, weights, mask, label_weight, cost) -> Array:
+    """`finish` as one compiled program when called eagerly (inlined under `jit`)."""
     example_weight = multiply(example_weights(weights, loss.shape, loss.dtype), cost)
     return reduce_loss(
         scale(loss, example_weight),

@@ -48,7 +48,6 @@ from jwxent._softmax._passes import (
     label_logit,
     label_tangent,
     probabilities,
-    row_zeros,
     separate,
     shift_and_log_sum,
     take_class,
@@ -107,7 +106,7 @@ class _Inputs(NamedTuple):
 def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
     z, class_mask, labels, offsets, margins, targets = inputs
     dtype = compute_dtype(z.dtype)
-    picked = row_zeros(z, dtype)
+    picked = None
     if labels is not None:
         picked = by_platform(z, labels, cpu=_xla_cpu.label_logit, default=label_logit)
         picked = picked.astype(dtype)
@@ -122,6 +121,8 @@ def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
         cpu=_xla_cpu.shift_and_log_sum,
         default=shift_and_log_sum,
     )
+    if picked is None:  # laid out (and varying over mesh axes) like the row statistics
+        picked = jnp.zeros_like(shift)
     margin = None
     if margins is not None and labels is not None:
         margin = take_class(margins.astype(dtype), labels)
@@ -321,4 +322,16 @@ def row_stats(
       `RowStats` of `[...]` arrays in the compute dtype.
     """
     inputs = _Inputs(logits, class_mask, labels, offsets, margins, tuple(targets))
+    return _compiled_row_stats(with_prob_dots, generic_active(), inputs)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _compiled_row_stats(with_prob_dots: bool, generic: bool, inputs: _Inputs) -> RowStats:
+    """`_row_stats` as one compiled program when called eagerly (inlined under `jit`).
+
+    Eagerly, every primitive of the core would otherwise be dispatched (and,
+    for a new shape, compiled) on its own. `generic` keys the cache on
+    `_platform.generic_only`.
+    """
+    del generic
     return _row_stats(with_prob_dots, inputs)

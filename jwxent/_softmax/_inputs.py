@@ -254,6 +254,7 @@ def cost_weight(
         sharding = jax.typeof(labels).sharding
         return cost_matrix.at[labels, predicted].get(mode="clip", out_sharding=sharding)
     # Column `argmax` of M for each row, weighted by the row's label distribution.
-    columns = jnp.take(cost_matrix.T, predicted, axis=0)
+    rows_sharding = jax.typeof(probabilities).sharding if probabilities is not None else None
+    columns = cost_matrix.T.at[predicted].get(mode="clip", out_sharding=rows_sharding)
     q = probabilities.astype(prepared.dtype) if probabilities is not None else 0
     return jnp.sum(q * columns, axis=-1)

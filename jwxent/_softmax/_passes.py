@@ -57,20 +57,15 @@ def explicitly_sharded(x: Array) -> bool:
     return any(axis is not None for axis in spec)
 
 
-def row_zeros(z: Array, dtype: jnp.dtype) -> Array:
-    """Zeros of `z`'s row shape `[...]` in `dtype`, laid out like `z`'s rows."""
-    sharding = jax.typeof(z).sharding
-    out_sharding = None
-    if explicitly_sharded(z):
-        out_sharding = jax.sharding.NamedSharding(sharding.mesh, jax.P(*sharding.spec[:-1]))
-    return jnp.zeros(z.shape[:-1], dtype, out_sharding=out_sharding)
-
-
 def label_hits(z: Array, labels: Array) -> Array:
     """Bool `[..., C]`: True at each row's label. An iota compare, not a one-hot."""
-    # Laid out like the logits, so that the compare needs no resharding.
-    sharding = jax.typeof(z).sharding
-    classes = lax.broadcasted_iota(labels.dtype, z.shape, z.ndim - 1, out_sharding=sharding)
+    if explicitly_sharded(z):
+        # Laid out like the logits, so that the compare needs no resharding.
+        sharding = jax.typeof(z).sharding
+        classes = lax.broadcasted_iota(labels.dtype, z.shape, z.ndim - 1, out_sharding=sharding)
+        return classes == labels[..., None]
+    # A `[C]` iota: a loop can hoist it without writing out a `[..., C]` array.
+    classes = lax.iota(labels.dtype, z.shape[-1]).reshape((1,) * (z.ndim - 1) + (-1,))
     return classes == labels[..., None]
 
 
@@ -93,15 +88,19 @@ def label_logit(z: Array, labels: Array) -> Array:
     devices.
     """
     if class_axis_is_sharded(z):
-        return label_tangent(z, labels)
+        hits = label_hits(z, labels)
+        return jnp.sum(jnp.where(hits, z, jnp.zeros_like(z)), axis=-1, dtype=z.dtype)
     index = labels[..., None].astype(jnp.int32)
     return jnp.take_along_axis(z, index, axis=-1, mode="promise_in_bounds")[..., 0]
 
 
 def label_tangent(dz: Array, labels: Array) -> Array:
-    """`dz[..., label]` by a masked row sum: its transpose is a fused select."""
-    hits = label_hits(dz, labels)
-    return jnp.sum(jnp.where(hits, dz, jnp.zeros_like(dz)), axis=-1, dtype=dz.dtype)
+    """`dz[..., label]` by a row sum against the one-hot compare (tangents are finite).
+
+    Its transpose is a fused product with the compare; a select would need a
+    zeros array, which a loop hoists and writes out.
+    """
+    return jnp.sum(dz * label_hits(dz, labels).astype(dz.dtype), axis=-1)
 
 
 def shift_and_log_sum(
