@@ -41,6 +41,7 @@ from jax.sharding import AxisType
 
 from jwxent import _checks, _reduction
 from jwxent._numerics import compute_dtype, hyperparameter, is_static_zero
+from jwxent._platform import by_platform
 from jwxent._softmax._core import Target, row_stats
 from jwxent._softmax._inputs import IntegerLabels, class_vector, prepare_integer_labels
 from jwxent._softmax._losses import (
@@ -59,6 +60,8 @@ _IMPLEMENTATIONS: tuple[str, ...] = ("xla", "chunked")
 _CHUNK_ELEMENTS = 2**22
 _MIN_NUM_CHUNKS = 16
 _MIN_CHUNK = 8
+# The weight gradient of a chunk is added this many blocks of hidden rows at a time.
+_WEIGHT_BLOCKS = 8
 
 # ---------------------------------------------------------------------------
 # How the tokens are cut into chunks.
@@ -85,9 +88,18 @@ class Plan:
 
 
 def make_plan(num_tokens: int, vocab: int, chunk_size: int | None) -> Plan:
-    """Chunks of `chunk_size` tokens or about `_CHUNK_ELEMENTS` logits, evenly filled."""
+    """Chunks of `chunk_size` tokens or about `_CHUNK_ELEMENTS` logits, evenly filled.
+
+    By default a chunk of a multiple of 8 tokens that divides the tokens is
+    preferred (no padding: XLA:CPU pads and reorders bf16 arrays in float32,
+    which would write out a float32 copy of `x`), down to half the target.
+    """
     by_memory = _CHUNK_ELEMENTS // max(vocab, 1)
     target = chunk_size or max(_MIN_CHUNK, min(by_memory, -(-num_tokens // _MIN_NUM_CHUNKS)))
+    if chunk_size is None and num_tokens:
+        for chunk in range(target - target % _MIN_CHUNK, target // 2, -_MIN_CHUNK):
+            if chunk and num_tokens % chunk == 0:
+                return Plan(num_tokens, chunk, num_tokens // chunk)
     num_chunks = max(1, math.ceil(num_tokens / max(target, 1)))
     chunk = math.ceil(num_tokens / num_chunks)
     if chunk_size is None and num_chunks > 1:
@@ -96,20 +108,31 @@ def make_plan(num_tokens: int, vocab: int, chunk_size: int | None) -> Plan:
 
 
 def _chunked(a: Array, plan: Plan, fill: bool | int = 0) -> Array:
-    """`[tokens, ...]` -> `[num_chunks, chunk, ...]`; chunk `c` holds tokens `i·num_chunks + c`.
-
-    Padding tokens are `fill`.
+    """`[tokens, ...]` -> `[chunk, num_chunks, ...]`; chunk `c` is `[:, c]`, the tokens
+    `i·num_chunks + c`. A reshape, no copy (but padding tokens, which are `fill`).
     """
     if plan.padding:
         a = jnp.concatenate([a, jnp.full((plan.padding, *a.shape[1:]), fill, a.dtype)])
-    view = a.reshape(plan.chunk, plan.num_chunks, *a.shape[1:])
-    return jnp.swapaxes(view, 0, 1)
+    return a.reshape(plan.chunk, plan.num_chunks, *a.shape[1:])
 
 
 def _unchunked(a: Array, plan: Plan) -> Array:
     """The inverse of `_chunked` for per-token results."""
-    flat = jnp.swapaxes(a, 0, 1).reshape(plan.chunk * plan.num_chunks, *a.shape[2:])
-    return flat[: plan.num_tokens]
+    return a.reshape(plan.chunk * plan.num_chunks, *a.shape[2:])[: plan.num_tokens]
+
+
+def _chunk(views, c: Array):
+    """Chunk `c` of every `[chunk, num_chunks, ...]` view in a pytree (None stays)."""
+    return jax.tree.map(lambda v: lax.dynamic_index_in_dim(v, c, axis=1, keepdims=False), views)
+
+
+def _write(view: Array, part: Array, c: Array) -> Array:
+    """`view` with chunk `c` replaced by `part` (in place inside a loop)."""
+    update = lax.expand_dims(part.astype(view.dtype), (1,))
+    sharding = _explicit_sharding(view)
+    if sharding is not None:
+        update = jax.sharding.reshard(update, sharding)
+    return lax.dynamic_update_index_in_dim(view, update, c, axis=1)
 
 
 # ---------------------------------------------------------------------------
@@ -236,9 +259,44 @@ def _chunk_sum_and_grads(rows: _Rows, shared: _Shared):
         (((1,), (1,)), ((), ())),
         preferred_element_type=dtype,
         out_sharding=_transposed_sharding(rows.x),
-    ).T
+    ).T.astype(rows.x.dtype)
     d_shared = d_small._replace(bias=None if shared.bias is None else jnp.sum(du, axis=0))
     return value, _Rows(dx, None, None, d_coefficients), d_shared, du  # type: ignore[arg-type]
+
+
+def _transposed_apart(x: Array) -> Array:
+    """`xᵀ` behind a barrier (XLA:CPU only).
+
+    XLA:CPU folds a transpose into a product, and its library product takes
+    half precision only for a row-major left operand; folded, the product of
+    bf16 `xᵀ` runs on float32 converts, and the convert of `x` is moved in
+    front of the loop's slice: a float32 copy of all of `x` (32 MiB at
+    8192 × 1024, an eighth of the loss's bf16 temporaries).
+    """
+    if x.dtype == compute_dtype(x.dtype):
+        return x.T  # a float32 product folds the transpose at no cost
+    return lax.optimization_barrier(x.T)
+
+
+def _add_weight_gradient(dw: Array, x: Array, du: Array) -> Array:
+    """`dw + xᵀ @ du` for `[hidden, vocab]` `dw`, a block of hidden rows at a time.
+
+    One `[hidden, vocab]` product would be a second gradient-sized buffer next
+    to the accumulator; a block of rows of it is a fraction of one, added in
+    place. Blocks of the hidden axis leave the vocabulary axis whole, so `w`
+    may be sharded along it. The operands are in the inputs' dtype (a float32
+    `x` would be hoisted out of the loop as a float32 copy of all of `x`), the
+    product accumulates in float32.
+    """
+    hidden = dw.shape[0]
+    rows = -(-hidden // _WEIGHT_BLOCKS)
+    x_t = by_platform(x, cpu=_transposed_apart, default=jnp.transpose)
+    for start in range(0, hidden, rows):
+        stop = min(start + rows, hidden)
+        block = lax.slice_in_dim(dw, start, stop, axis=0)
+        part = _matmul(lax.slice_in_dim(x_t, start, stop, axis=0), du, block, dw.dtype)
+        dw = lax.dynamic_update_slice_in_dim(dw, block + part, start, axis=0)
+    return dw
 
 
 # ---------------------------------------------------------------------------
@@ -248,21 +306,23 @@ def _chunk_sum_and_grads(rows: _Rows, shared: _Shared):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _weighted_sum(plan: Plan, rows: _Rows, shared: _Shared) -> Array:
-    """`Σ_b v_b·ℓ_b` over every chunk; `rows` have a leading chunk axis."""
+    """`Σ_b v_b·ℓ_b` over every chunk; `rows` are `[chunk, num_chunks, ...]` views."""
 
-    def body(total, chunk_rows):
-        return total + _chunk_sum(chunk_rows, shared), None
+    def body(c, total):
+        return total + _chunk_sum(_chunk(rows, c), shared)
 
-    total, _ = lax.scan(body, jnp.zeros((), compute_dtype(rows.x.dtype)), rows)
-    return total
+    zero = jnp.zeros((), compute_dtype(rows.x.dtype))
+    return lax.fori_loop(0, plan.num_chunks, body, zero)
 
 
 def _weighted_sum_jvp(plan, primals, tangents):
     rows, shared = primals
     d_rows, d_shared = tangents
-    value, grads = _value_and_grads(rows, shared)
+    value, grads = _value_and_grads(plan, rows, shared)
+    # Products in the inputs' dtype, sums in the loss's: reverse mode then scales
+    # each stored gradient in its own dtype, with no float32 copy of a bf16 one.
     terms = [
-        jnp.sum(g.astype(value.dtype) * d.astype(value.dtype))
+        jnp.sum((g.astype(d.dtype) * d).astype(value.dtype))
         for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves((d_rows, d_shared)), strict=True)
         if not isinstance(d, SymbolicZero) and jnp.issubdtype(d.dtype, jnp.inexact)
     ]
@@ -270,38 +330,41 @@ def _weighted_sum_jvp(plan, primals, tangents):
     return value, tangent
 
 
-def _value_and_grads(rows: _Rows, shared: _Shared):
+def _value_and_grads(plan: Plan, rows: _Rows, shared: _Shared):
     """The value and the gradients of every input, in one sweep over the chunks."""
     dtype = compute_dtype(rows.x.dtype)
     zeros = jax.tree.map(lambda a: jnp.zeros_like(a, dtype=dtype), shared)
+    d_views = (jnp.zeros_like(rows.x), jnp.zeros_like(rows.coefficients))
 
-    def body(carry, chunk_rows):
-        total, d_shared = carry
+    def body(c, carry):
+        total, d_shared, (dx, d_coefficients) = carry
+        chunk_rows = _chunk(rows, c)
         value, d_rows, d_chunk, du = _chunk_sum_and_grads(chunk_rows, shared)
-        # In float32 even for half-precision inputs: XLA:CPU computes a mixed
-        # product through a float32 copy of the whole product, which then
-        # cannot be added in place.
-        x_t = chunk_rows.x.T.astype(dtype)
-        dw = d_shared.w + _matmul(x_t, du, d_shared.w, dtype)
+        dw = _add_weight_gradient(d_shared.w, chunk_rows.x, du.astype(chunk_rows.x.dtype))
         d_shared = jax.tree.map(jnp.add, d_shared._replace(w=None), d_chunk)._replace(w=dw)
-        return (total + value, d_shared), d_rows
+        d_views = (_write(dx, d_rows.x, c), _write(d_coefficients, d_rows.coefficients, c))
+        return total + value, d_shared, d_views
 
-    (total, d_shared), d_rows = lax.scan(body, (jnp.zeros((), dtype), zeros), rows)
-    d_rows = rows._replace(x=d_rows.x, coefficients=d_rows.coefficients)
-    return total, (d_rows, d_shared)
+    init = (jnp.zeros((), dtype), zeros, d_views)
+    total, d_shared, (dx, d_coefficients) = lax.fori_loop(0, plan.num_chunks, body, init)
+    return total, (rows._replace(x=dx, coefficients=d_coefficients), d_shared)
 
 
 _weighted_sum.defjvp(_weighted_sum_jvp, symbolic_zeros=True)
 
 
 def _per_token(plan: Plan, rows: _Rows, shared: _Shared) -> Array:
-    """`[tokens]` losses for `reduction="none"`: a checkpointed scan over chunks."""
+    """`[tokens]` losses for `reduction="none"`: a loop over chunks, each checkpointed."""
 
     @jax.checkpoint
-    def body(_, chunk_rows):
-        return None, _row_losses(_uncapped_logits(chunk_rows.x, shared), chunk_rows, shared)
+    def chunk_losses(chunk_rows):
+        return _row_losses(_uncapped_logits(chunk_rows.x, shared), chunk_rows, shared)
 
-    _, losses = lax.scan(body, None, rows)
+    def body(c, losses):
+        return _write(losses, chunk_losses(_chunk(rows, c)), c)
+
+    dtype = compute_dtype(rows.x.dtype)
+    losses = lax.fori_loop(0, plan.num_chunks, body, jnp.zeros_like(rows.coefficients, dtype))
     return _unchunked(losses, plan)
 
 
