@@ -75,6 +75,15 @@ def _masked_inputs(logits: Array, labels: Array, mask: Array | None) -> tuple[Ar
     )
 
 
+def _sigmoid_pair(x: Array) -> tuple[Array, Array]:
+    """`(σ(x), σ(−x))` from one exponential, each accurate where it is tiny."""
+    small = jnp.exp(-jnp.abs(x))
+    large = 1.0 / (1.0 + small)
+    small = small * large
+    positive = x >= 0
+    return jnp.where(positive, large, small), jnp.where(positive, small, large)
+
+
 def _softplus_pair(x: Array) -> tuple[Array, Array]:
     """`(softplus(x), softplus(-x))` = `(−log(1 − σ(x)), −log σ(x))`."""
     return jax.nn.softplus(x), jax.nn.softplus(-x)
@@ -140,9 +149,12 @@ def _bce(inputs: _BCEInputs) -> Array:
 def _bce_tangent(inputs: _BCEInputs, d_inputs: _BCEInputs) -> Array | None:
     x, y, c = _bce_upcast(inputs)
     neg_log_not_p, neg_log_p = _softplus_pair(x)
+    s, not_s = _sigmoid_pair(x)
     dx, dy, dc = (_tangent(d, x.dtype, x.ndim) for d in d_inputs)
     return sum_present(
-        None if dx is None else ((1.0 + (c - 1.0) * y) * jax.nn.sigmoid(x) - c * y) * dx,
+        # ∂/∂x = (1 − y)·σ(x) − c·y·σ(−x), not (1 + (c − 1)·y)·σ(x) − c·y,
+        # which rounds to 0 where σ(x) rounds to y.
+        None if dx is None else ((1.0 - y) * s - c * y * not_s) * dx,
         None if dy is None else (c * neg_log_p - neg_log_not_p) * dy,
         None if dc is None else y * neg_log_p * dc,
     )
@@ -168,11 +180,35 @@ def _safe_ratio(numerator: Array, denominator: Array) -> Array:
     return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1.0), 0.0)
 
 
+@jax.custom_jvp
+def _slope_over_u(x: Array, y: Array) -> Array:
+    """`v = s(1 − s)/u = 1/(1 + (1 − y)·e^x + y·e^(−x))`, in [0, 1].
+
+    Its own derivative rule keeps second derivatives (Hessians) finite where
+    `p_t` rounds to 1: autodiff of the division would form `u²`, which
+    underflows to 0 at `u` = 1e-22.
+    """
+    s, not_s = _sigmoid_pair(x)
+    return _safe_ratio(s * not_s, (1.0 - y) * s + y * not_s)
+
+
+@_slope_over_u.defjvp
+def _slope_over_u_jvp(primals, tangents):
+    # dv/dx = v·(1 − 2s) − (1 − 2y)·v², dv/dy = (2s − 1)·v/u: bounded where
+    # the first-order terms are.
+    (x, y), (dx, dy) = primals, tangents
+    v = _slope_over_u(x, y)
+    s, not_s = _sigmoid_pair(x)
+    u = (1.0 - y) * s + y * not_s
+    dv = (v * (1.0 - 2.0 * s) - (1.0 - 2.0 * y) * v * v) * dx
+    return v, dv + (2.0 * s - 1.0) * _safe_ratio(v, u) * dy
+
+
 def _focal_parts(inputs: _FocalInputs, static_gamma: float | None):
     """Shared quantities: `x, y, s, 1 − s, CE, u = 1 − p_t, u^γ`."""
     dtype = compute_dtype(inputs.logits.dtype)
     x, y = inputs.logits.astype(dtype), inputs.labels.astype(dtype)
-    s, not_s = jax.nn.sigmoid(x), jax.nn.sigmoid(-x)
+    s, not_s = _sigmoid_pair(x)
     neg_log_not_p, neg_log_p = _softplus_pair(x)
     ce = (1.0 - y) * neg_log_not_p + y * neg_log_p
     # 1 − p_t is a convex combination of s and 1 − s: no cancellation.
@@ -190,17 +226,18 @@ def _focal(static_gamma: float | None, inputs: _FocalInputs) -> Array:
 def _focal_tangent(static_gamma, inputs: _FocalInputs, d_inputs: _FocalInputs) -> Array | None:
     # d/dx: u^γ·(s − y) + γ·u^(γ−1)·(1 − 2y)·s(1 − s)·CE,
     # d/dy: −x·u^γ + γ·u^(γ−1)·(1 − 2s)·CE, d/dγ: u^γ·log(u)·CE. The u^(γ−1)
-    # terms are written as u^γ · (… / u): where u underflows to 0, so do they.
+    # terms are written as u^γ · (… / u): where u underflows to 0, so do they;
+    # s(1 − s)/u is `_slope_over_u`, bounded by 1.
     x, y, s, not_s, ce, u, modulator = _focal_parts(inputs, static_gamma)
     gamma = hyperparameter(joined(static_gamma, inputs.gamma), x.dtype)
-    ce_over_u = _safe_ratio(ce, u)
     dx, dy, d_gamma = (_tangent(d, x.dtype, x.ndim) for d in d_inputs)
     log_u = jnp.log(jnp.where(u > 0, u, 1.0))
+    focusing = gamma * (1.0 - 2.0 * y) * _slope_over_u(x, y) * ce
     return sum_present(
+        None if dx is None else modulator * (((1.0 - y) * s - y * not_s) + focusing) * dx,
         None
-        if dx is None
-        else modulator * ((s - y) + gamma * (1.0 - 2.0 * y) * s * not_s * ce_over_u) * dx,
-        None if dy is None else modulator * (-x + gamma * (1.0 - 2.0 * s) * ce_over_u) * dy,
+        if dy is None
+        else modulator * (-x + gamma * (1.0 - 2.0 * s) * _safe_ratio(ce, u)) * dy,
         None if d_gamma is None else modulator * log_u * ce * d_gamma,
     )
 

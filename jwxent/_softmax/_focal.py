@@ -75,8 +75,14 @@ def focal_power(u: Array, gamma: ArrayLike) -> Array:
             return jnp.ones_like(u)
         if value.is_integer():
             return lax.integer_pow(u, int(value))
-        return u**value
-    return jnp.power(u, jnp.asarray(gamma).astype(u.dtype))
+    return _fractional_power(u, jnp.asarray(gamma).astype(u.dtype))
+
+
+def _fractional_power(u: Array, gamma: ArrayLike) -> Array:
+    """`u^γ` whose derivative `γ·u^(γ−1)` is never evaluated at `u` = 0 (inf·0)."""
+    positive = u > 0
+    at_zero = jnp.power(jnp.zeros_like(u), gamma)  # 0, or 1 for γ = 0
+    return jnp.where(positive, jnp.power(jnp.where(positive, u, 1.0), gamma), at_zero)
 
 
 def modulated_nll(log_p: Array, gamma: ArrayLike) -> Array:
