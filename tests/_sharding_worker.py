@@ -1,28 +1,32 @@
-"""Runs every public loss on 8 simulated CPU devices; writes one JSON file.
+"""Runs every registered loss on 8 simulated CPU devices; writes one JSON file.
 
 Started by `tests/test_sharding.py` in a subprocess, because the device count
 is fixed when JAX starts:
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests._sharding_worker OUT.json
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+        python -m tests._sharding_worker OUT.json LOSS_NAME [LOSS_NAME ...]
 
-For every loss in `CASES` that `jwxent` exports, for both mesh axis types
-(`Auto`: sharding propagation; `Explicit`: sharding in types, the default of
-`jax.make_mesh`) and both layouts on a 2×4 `("data", "model")` mesh:
+For every loss of `tests/_registry.py` (its `"everything"` variant: weights,
+class weights, masks, smoothing, ...), it records the value of every reduction
+and the gradients of their sum on one device, then the same:
 
-* `"data"`: the batch axis sharded over all 8 devices;
-* `"vocab"`: the batch axis over `"data"` and the class (vocabulary) axis over
-  `"model"`, as in Megatron's vocabulary-parallel cross-entropy,
+* under `jit` with sharded inputs, on a 2×4 `("data", "model")` mesh with
+  `Auto` axes (sharding propagation) and with `Explicit` axes (sharding in
+  types), in three layouts: `"data"` (the batch over all 8 devices),
+  `"class"` (the class axis over all 8) and `"both"` (the batch over
+  `"data"`, the classes over `"model"`, as in Megatron's vocabulary-parallel
+  cross-entropy), with the result shapes of the compiled program's
+  all-gathers;
+* inside `jax.shard_map` (default `check_vma`) with the batch over all 8
+  devices: the per-example losses, summed outside.
 
-it records the value and gradients of the jitted loss on the sharded inputs,
-the same on one device, and the result shapes of the `all-gather`s in the
-compiled program. The test compares them; this script only computes.
+The test compares them; this script only computes.
 """
 
 import json
 import re
 import sys
 import traceback
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -31,252 +35,198 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import jwxent
+from tests import _registry as registry
 
-BATCH, HIDDEN, CLASSES, CHUNK = 32, 24, 160, 40
+BATCH, CLASSES = 32, 160
 """Distinct sizes, so that a collective's shape tells which axis it carries.
 
-Per device, the batch axis is 32, 16 or 4 long, the class axis 160 or 40 and
-a fused-loss block 40 or 10 columns; the hidden size is 24.
+Per device the batch axis is 32, 16 or 4 long and the class axis 160, 40 or
+20; the fused loss's hidden size is `registry.HIDDEN` (6).
 """
-
+EVERY_DEVICE = ("data", "model")
 LAYOUTS = {
-    "data": {"batch": ("data", "model"), "class": None},
-    "vocab": {"batch": "data", "class": "model"},
+    "data": {"batch": EVERY_DEVICE, "class": None},
+    "class": {"batch": None, "class": EVERY_DEVICE},
+    "both": {"batch": "data", "class": "model"},
 }
+# With `Auto` axes XLA propagates one sharding for all layouts alike: the
+# batch alone and the batch with the classes; `Explicit` axes type every one.
+LAYOUTS_BY_AXIS_TYPE = {AxisType.Auto: ("data", "both"), AxisType.Explicit: tuple(LAYOUTS)}
 
 
-class Case:
-    """A loss call: named inputs with their logical axes, and which to differentiate.
-
-    Attributes:
-      loss: `loss(**inputs) -> scalar`, calling the public function.
-      inputs: name -> (array, logical axes), e.g. `("batch", "class")`.
-      differentiable: the input names to take gradients for.
-    """
-
-    def __init__(
-        self,
-        loss: Callable[..., jax.Array],
-        inputs: dict[str, tuple[np.ndarray, tuple[str | None, ...]]],
-        differentiable: tuple[str, ...],
-    ):
-        self.loss, self.inputs, self.differentiable = loss, inputs, differentiable
+def _logical_axes(shape: tuple[int, ...]) -> tuple[str | None, ...]:
+    """Which logical axis each dimension of an input is, from its size."""
+    names = {BATCH: "batch", CLASSES: "class"}
+    return tuple(names.get(n) for n in shape)
 
 
-IGNORE = -100
+def _spec(shape: tuple[int, ...], layout: str) -> P:
+    """The input's sharding; an axis that appears twice (a cost matrix) is replicated."""
+    logical = _logical_axes(shape)
+    axes = LAYOUTS[layout]
+    return P(*(None if a is None or logical.count(a) > 1 else axes[a] for a in logical))
 
 
-def _data(seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    logits = 2 * rng.standard_normal((BATCH, CLASSES))
-    labels = rng.integers(0, CLASSES, BATCH)
+def _values(loss: registry.Loss) -> dict[str, Any]:
+    values = registry.call_values(loss, "everything", loss.make(0, (BATCH,), CLASSES))
     return {
-        "logits": logits.astype(np.float32),
-        "labels": np.where(rng.random(BATCH) < 0.2, IGNORE, labels).astype(np.int32),
-        "probs": rng.dirichlet(np.ones(CLASSES), BATCH).astype(np.float32),
-        "binary": (rng.random((BATCH, CLASSES)) < 0.3).astype(np.float32),
-        "sigmoid_probs": (1 / (1 + np.exp(-logits))).astype(np.float32),
-        "weights": rng.uniform(0.5, 2.0, BATCH).astype(np.float32),
-        "elementwise_weights": rng.uniform(0.5, 2.0, (BATCH, CLASSES)).astype(np.float32),
-        "class_weights": rng.uniform(0.5, 2.0, CLASSES).astype(np.float32),
-        "cost_matrix": rng.uniform(0.5, 2.0, (CLASSES, CLASSES)).astype(np.float32),
-        "x": rng.standard_normal((BATCH, HIDDEN)).astype(np.float32),
-        "w": (rng.standard_normal((HIDDEN, CLASSES)) / np.sqrt(HIDDEN)).astype(np.float32),
-        "bias": rng.standard_normal(CLASSES).astype(np.float32),
+        k: v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == np.float64 else v
+        for k, v in values.items()
     }
 
 
-BC, B, C = ("batch", "class"), ("batch",), ("class",)
+def reductions(loss: registry.Loss) -> tuple[str, ...]:
+    """The reductions a loss is checked with under sharding.
 
-
-def _softmax_case(
-    name: str, label_key: str, *, cost_matrix: bool = False, **options: Any
-) -> Callable[[dict], Case]:
-    """A softmax-family loss of `(logits, labels)` with weights and class weights.
-
-    Integer labels also get `ignore_index`; `cost_matrix` adds a replicated
-    `[classes, classes]` cost matrix.
+    Every loss ends in the one `_reduction.finish` (the fused loss's scalar
+    reductions in `_reduction.coefficients`): those two losses run with every
+    reduction, the others with the per-example losses and the weighted mean.
     """
-    integer = label_key == "labels"
-    if integer:
-        options["ignore_index"] = IGNORE
-
-    def make(d: dict) -> Case:
-        def loss(logits, labels, weights, class_weights, **extra):
-            return getattr(jwxent, name)(
-                logits,
-                labels,
-                weights=weights,
-                class_weights=class_weights,
-                reduction="weighted_mean",
-                **options,
-                **extra,
-            )
-
-        inputs = {
-            "logits": (d["logits"], BC),
-            "labels": (d[label_key], B if integer else BC),
-            "weights": (d["weights"], B),
-            "class_weights": (d["class_weights"], C),
-        }
-        differentiable = ("logits", "weights", "class_weights")
-        if not integer:
-            differentiable += ("labels",)
-        if cost_matrix:
-            inputs["cost_matrix"] = (d["cost_matrix"], (None, None))
-            differentiable += ("cost_matrix",)
-        return Case(loss, inputs, differentiable)
-
-    return make
+    if loss.name in ("softmax_cross_entropy_with_integer_labels", "linear_softmax_cross_entropy"):
+        return registry.REDUCTIONS
+    return ("none", "weighted_mean")
 
 
-def _elementwise_case(name: str, input_key: str, label_key: str) -> Callable[[dict], Case]:
-    """A sigmoid-family loss: one loss per element, elementwise weights."""
+def _evaluate(loss: registry.Loss, values: dict[str, Any], *, with_sum: bool):
+    """`arrays -> (reductions, gradients of the scalar ones' sum[, of "sum"])`."""
+    arrays = {k: v for k, v in values.items() if isinstance(v, np.ndarray)}
+    static = {k: v for k, v in values.items() if k not in arrays}
+    names = registry.differentiable(values)
+    checked = reductions(loss)
+    scalars = tuple(r for r in checked if r != "none")
 
-    def make(d: dict) -> Case:
-        def loss(logits, labels, weights):
-            return getattr(jwxent, name)(logits, labels, weights=weights, reduction="mean")
+    def run(arrays):
+        merged = {**arrays, **static}
+        out = {r: registry.call(loss, merged, reduction=r) for r in checked}
 
-        inputs = {
-            "logits": (d[input_key], BC),
-            "labels": (d[label_key], BC),
-            "weights": (d["elementwise_weights"], BC),
-        }
-        return Case(loss, inputs, ("logits", "weights"))
+        def total(floats, reductions=scalars):
+            return sum(registry.call(loss, {**merged, **floats}, reduction=r) for r in reductions)
 
-    return make
+        floats = {n: arrays[n] for n in names}
+        sum_grads = jax.grad(total)(floats, ("sum",)) if with_sum else {}
+        return out, jax.grad(total)(floats), sum_grads
 
-
-def _binary_probability_case(d: dict) -> Case:
-    """Keras `binary_crossentropy`: the mean over the class axis, per-example weights."""
-
-    def loss(logits, labels, weights):
-        return jwxent.binary_cross_entropy(logits, labels, weights=weights, reduction="mean")
-
-    inputs = {
-        "logits": (d["sigmoid_probs"], BC),
-        "labels": (d["binary"], BC),
-        "weights": (d["weights"], B),
-    }
-    return Case(loss, inputs, ("logits", "weights"))
+    return run, arrays
 
 
-def _fused_case(d: dict) -> Case:
-    """The fused projection: `w` and `bias` carry the vocabulary axis."""
+def _per_example_in_shard_map(loss: registry.Loss, values: dict[str, Any], mesh):
+    """The per-example losses computed device by device and summed."""
+    arrays = {k: v for k, v in values.items() if isinstance(v, np.ndarray)}
+    static = {k: v for k, v in values.items() if k not in arrays}
+    specs = {k: _spec(np.shape(v), "data") for k, v in arrays.items()}
 
-    def loss(x, w, labels, bias, weights, class_weights):
-        return jwxent.linear_softmax_cross_entropy(
-            x,
-            w,
-            labels,
-            bias=bias,
-            weights=weights,
-            class_weights=class_weights,
-            label_smoothing=0.1,
-            z_loss=1e-3,
-            logit_soft_cap=5.0,
-            ignore_index=IGNORE,
-            reduction="weighted_mean",
-            chunk_size=CHUNK,
-        )
+    def local(arrays):
+        return registry.call(loss, {**arrays, **static}, reduction="none")
 
-    inputs = {
-        "x": (d["x"], ("batch", None)),
-        "w": (d["w"], (None, "class")),
-        "labels": (d["labels"], B),
-        "bias": (d["bias"], C),
-        "weights": (d["weights"], B),
-        "class_weights": (d["class_weights"], C),
-    }
-    return Case(loss, inputs, ("x", "w", "bias", "weights", "class_weights"))
+    out_spec = P(EVERY_DEVICE, *([None] * (len(_out_shape(loss, values)) - 1)))
+    mapped = jax.shard_map(local, mesh=mesh, in_specs=(specs,), out_specs=out_spec)
+    names = registry.differentiable(values)
+
+    def run(arrays):
+        def total(floats):
+            return jnp.sum(mapped({**arrays, **floats}))
+
+        value, grads = jax.value_and_grad(total)({n: arrays[n] for n in names})
+        return {"value": value, "grads": grads}
+
+    return run, {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in arrays.items()}
 
 
-CASES: dict[str, Callable[[dict], Case]] = {
-    "softmax_cross_entropy_with_integer_labels": _softmax_case(
-        "softmax_cross_entropy_with_integer_labels", "labels", label_smoothing=0.1, z_loss=1e-3
-    ),
-    "softmax_cross_entropy_with_integer_labels:cost_matrix": _softmax_case(
-        "softmax_cross_entropy_with_integer_labels", "labels", cost_matrix=True
-    ),
-    "softmax_cross_entropy": _softmax_case("softmax_cross_entropy", "probs", z_loss=1e-3),
-    "safe_softmax_cross_entropy": _softmax_case("safe_softmax_cross_entropy", "probs"),
-    "poly_loss_cross_entropy": _softmax_case("poly_loss_cross_entropy", "probs"),
-    "softmax_focal_loss": _softmax_case("softmax_focal_loss", "probs", gamma=2.0),
-    "softmax_focal_loss_with_integer_labels": _softmax_case(
-        "softmax_focal_loss_with_integer_labels", "labels", gamma=2.0
-    ),
-    "categorical_cross_entropy": _softmax_case("categorical_cross_entropy", "probs"),
-    "sigmoid_binary_cross_entropy": _elementwise_case(
-        "sigmoid_binary_cross_entropy", "logits", "binary"
-    ),
-    "sigmoid_focal_loss": _elementwise_case("sigmoid_focal_loss", "logits", "binary"),
-    "binary_cross_entropy": _binary_probability_case,
-    "linear_softmax_cross_entropy": _fused_case,
-}
-"""Case id (`function` or `function:variant`) -> inputs; a test checks none is missing."""
+def _out_shape(loss, values):
+    return jax.eval_shape(lambda: registry.call(loss, values, reduction="none")).shape
 
 
-def function_name(case_id: str) -> str:
-    return case_id.split(":")[0]
+_ALL_GATHER = re.compile(r"=\s*(\(?[^=]*?\)?)\s+all-gather(?:-start)?\(.*?op_name=\"([^\"]*)\"")
 
 
-def _spec(axes: tuple[str | None, ...], layout: str) -> P:
-    return P(*(None if axis is None else LAYOUTS[layout][axis] for axis in axes))
+def all_gathers(hlo: str) -> list[tuple[str, str]]:
+    """`(result type, op_name)` of the all-gathers in compiled HLO text."""
+    return [(m.group(1).strip(), m.group(2)) for m in _ALL_GATHER.finditer(hlo)]
 
 
-_ALL_GATHER = re.compile(r"=\s*(\(?[^=]*?\)?)\s+all-gather(?:-start)?\(")
+def _tolist(tree):
+    return jax.tree.map(lambda a: np.asarray(a, np.float64).tolist(), tree)
 
 
-def all_gather_shapes(hlo: str) -> list[str]:
-    """Result types of the all-gathers in compiled HLO text, e.g. `f32[16,4]{0,1}`."""
-    return [match.group(1).strip() for match in _ALL_GATHER.finditer(hlo)]
-
-
-def _run(case: Case, mesh: jax.sharding.Mesh | None, layout: str) -> dict[str, Any]:
-    """Value, gradients and (sharded) all-gather shapes of the jitted loss."""
-    names = list(case.inputs)
-    arrays = [jnp.asarray(case.inputs[name][0]) for name in names]
+def _jit_run(loss, values, mesh, layout):
+    """`(run, arrays)` of one loss: every reduction and the gradients under `jit`."""
+    run, arrays = _evaluate(loss, values, with_sum=mesh is None)
     if mesh is not None:
-        arrays = [
-            jax.device_put(a, NamedSharding(mesh, _spec(case.inputs[n][1], layout)))
-            for n, a in zip(names, arrays, strict=True)
-        ]
-    argnums = tuple(names.index(n) for n in case.differentiable)
-    loss = jax.jit(
-        jax.value_and_grad(lambda *a: case.loss(**dict(zip(names, a, strict=True))), argnums)
-    )
-    compiled = loss.lower(*arrays).compile()
-    value, grads = compiled(*arrays)
-    return {
-        "value": float(value),
-        "grads": {
-            name: np.asarray(g).tolist() for name, g in zip(case.differentiable, grads, strict=True)
-        },
-        "all_gathers": [] if mesh is None else all_gather_shapes(compiled.as_text()),
-    }
+        arrays = {
+            k: jax.device_put(v, NamedSharding(mesh, _spec(np.shape(v), layout)))
+            for k, v in arrays.items()
+        }
+
+    def named(arrays):
+        out, grads, sum_grads = run(arrays)
+        return {"values": out, "grads": grads, "sum_grads": sum_grads}
+
+    return named, arrays
 
 
-def main(output: str) -> None:
+def _together(runs: dict[str, tuple]) -> dict[str, Any]:
+    """Compiles the runs of several losses as one program; results and gathers by loss.
+
+    One program per mesh setting keeps the compile time down; each loss runs
+    in its own `named_scope`, so an all-gather's `op_name` tells its loss.
+    """
+
+    def program(all_arrays):
+        out = {}
+        for name, (run, _) in runs.items():
+            with jax.named_scope(name):
+                out[name] = run(all_arrays[name])
+        return out
+
+    compiled = jax.jit(program).lower({n: a for n, (_, a) in runs.items()}).compile()
+    results = _tolist(compiled({n: a for n, (_, a) in runs.items()}))
+    gathers = all_gathers(compiled.as_text())
+    for name in runs:
+        results[name]["all_gathers"] = [t for t, op in gathers if f"/{name}/" in f"/{op}/"]
+    return results
+
+
+def _guarded(runs: dict[str, tuple]) -> dict[str, Any]:
+    """`_together`, or loss by loss when the program fails, so that each error is its own."""
+    try:
+        return _together(runs)
+    except Exception:
+        results = {}
+        for name, run in runs.items():
+            try:
+                results.update(_together({name: run}))
+            except Exception as error:
+                results[name] = {"error": "".join(traceback.format_exception_only(error))}
+        return results
+
+
+def main(output: str, names: list[str]) -> None:
     if jax.device_count() != 8:
         raise SystemExit(f"needs 8 devices, got {jax.device_count()}; set XLA_FLAGS")
-    data = _data()
-    exported = [case_id for case_id in CASES if function_name(case_id) in jwxent.__all__]
-    results: dict[str, Any] = {"exported": exported, "runs": {}}
-    for case_id in exported:
-        case = CASES[case_id](data)
-        runs = results["runs"][case_id] = {"one_device": _run(case, None, "data")}
-        for axis_type in (AxisType.Auto, AxisType.Explicit):
-            mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(axis_type,) * 2)
-            for layout in LAYOUTS:
-                key = f"{axis_type.name.lower()}/{layout}"
-                try:
-                    runs[key] = _run(case, mesh, layout)
-                except Exception as error:  # reported per case, so one failure hides nothing
-                    runs[key] = {"error": "".join(traceback.format_exception_only(error))}
+    losses = [registry.BY_NAME[name] for name in names]
+    values = {loss.name: _values(loss) for loss in losses}
+    results: dict[str, Any] = {loss.name: {} for loss in losses}
+
+    def record(key: str, runs: dict[str, tuple]) -> None:
+        for name, result in _guarded(runs).items():
+            results[name][key] = result
+
+    record(
+        "one_device", {n: _jit_run(registry.BY_NAME[n], v, None, "data") for n, v in values.items()}
+    )
+    for axis_type in (AxisType.Auto, AxisType.Explicit):
+        mesh = jax.make_mesh((2, 4), EVERY_DEVICE, axis_types=(axis_type,) * 2)
+        for layout in LAYOUTS_BY_AXIS_TYPE[axis_type]:
+            runs = {n: _jit_run(registry.BY_NAME[n], v, mesh, layout) for n, v in values.items()}
+            record(f"{axis_type.name.lower()}/{layout}", runs)
+    mesh = jax.make_mesh((2, 4), EVERY_DEVICE, axis_types=(AxisType.Explicit,) * 2)
+    record(
+        "shard_map",
+        {n: _per_example_in_shard_map(registry.BY_NAME[n], v, mesh) for n, v in values.items()},
+    )
     with open(output, "w") as f:
         json.dump(results, f)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

@@ -1,12 +1,10 @@
 """Fused linear + softmax cross-entropy: the unfused loss in float64, memory, errors."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.test_util import check_grads
 
 import jwxent
 from tests import _references as ref
@@ -85,7 +83,8 @@ def _loss(labels, static, reduction, implementation, **options):
         rest = {k: v for k, v in floats.items() if k not in ("x", "w")}
         kwargs = {**rest, **static, "reduction": reduction}
         if implementation == "twin":
-            return ref.jax_linear_twin(x, w, labels, **kwargs)
+            with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+                return ref.linear_softmax_cross_entropy(x, w, labels, xp=jnp, **kwargs)
         return jwxent.linear_softmax_cross_entropy(
             x, w, labels, implementation=implementation, **kwargs, **options
         )
@@ -140,40 +139,6 @@ def _assert_values_and_grads(d, label_key, kwargs, reductions, implementation=No
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_chunked_matches_reference_and_autodiff(case):
-    with jax.enable_x64(True):
-        d = make_inputs(vocab=37)
-        label_key, kwargs = CASES[case](d)
-        # 37 columns in blocks of 8: four strided blocks and a tail of 5. "none"
-        # with a random output cotangent checks every row's value and cotangents;
-        # the mean-like reductions add the cotangents of their denominators.
-        reductions = ["none"]
-        if case == "everything":
-            reductions += ["weighted_mean", "sum_by_nonzero_weights"]
-        _assert_values_and_grads(d, label_key, kwargs, reductions, chunk_size=8)
-
-
-def test_every_reduction_matches_reference():
-    with jax.enable_x64(True):
-        d = make_inputs(vocab=37, seed=2)
-        label_key, kwargs = CASES["everything"](d)
-        labels = d[label_key]
-
-        @jax.jit
-        def losses(x, w):
-            return {
-                r: jwxent.linear_softmax_cross_entropy(x, w, labels, reduction=r, **kwargs)
-                for r in REDUCTIONS
-            }
-
-        for reduction, loss in losses(d["x"], d["w"]).items():
-            expected = ref.linear_softmax_cross_entropy(
-                d["x"], d["w"], labels, reduction=reduction, **kwargs
-            )
-            assert_close(loss, expected, jnp.float64, terms=d["w"].size, err_msg=reduction)
-
-
 @pytest.mark.parametrize(
     ("vocab", "chunk_size"),
     [(40, 8), (37, 1), (37, 36), (37, 100), (37, None)],
@@ -182,7 +147,8 @@ def test_every_block_layout_matches(vocab, chunk_size):
     with jax.enable_x64(True):
         d = make_inputs(vocab=vocab, seed=vocab)
         label_key, kwargs = CASES["everything"](d)
-        _assert_values_and_grads(d, label_key, kwargs, ["none"], chunk_size=chunk_size)
+        reductions = ["none", "weighted_mean"]
+        _assert_values_and_grads(d, label_key, kwargs, reductions, chunk_size=chunk_size)
 
 
 def test_xla_implementation_matches():
@@ -211,29 +177,6 @@ def test_defaults_match_optax_values_and_gradients():
         assert_close(grad, expected_grad, jnp.float32, terms=w.size)
 
 
-def test_check_grads_numerically():
-    with jax.enable_x64(True):
-        d = make_inputs(vocab=11, seed=5)
-        labels = jnp.asarray(d["labels"])
-
-        def loss(x, w, bias, class_weights):
-            return jwxent.linear_softmax_cross_entropy(
-                x,
-                w,
-                labels,
-                bias=bias,
-                class_weights=class_weights,
-                label_smoothing=0.1,
-                z_loss=1e-2,
-                logit_soft_cap=3.0,
-                reduction="weighted_mean",
-                chunk_size=4,
-            )
-
-        args = tuple(jnp.asarray(d[k]) for k in ("x", "w", "bias", "class_weights"))
-        check_grads(jax.jit(loss), args, order=1, modes=["rev"])
-
-
 def test_labels_have_no_cotangent():
     d = make_inputs(dtype=np.float32)
     x, w, labels = jnp.asarray(d["x"]), jnp.asarray(d["w"]), jnp.asarray(d["labels"])
@@ -249,34 +192,6 @@ def test_labels_have_no_cotangent():
 # ---------------------------------------------------------------------------
 # Precision, masking, labels out of range.
 # ---------------------------------------------------------------------------
-
-
-def test_bfloat16_inputs_compute_in_float32():
-    d = make_inputs(vocab=64, seed=6, dtype=np.float32, batch=(16,))
-    x = jnp.asarray(d["x"], jnp.bfloat16)
-    w = jnp.asarray(d["w"], jnp.bfloat16)
-    labels = jnp.asarray(d["labels"])
-
-    def fused(x, w):
-        return jnp.sum(jwxent.linear_softmax_cross_entropy(x, w, labels, chunk_size=16))
-
-    def twin(x, w):
-        return jnp.sum(ref.jax_linear_twin(x.astype(jnp.float32), w.astype(jnp.float32), labels))
-
-    loss = jax.jit(jwxent.linear_softmax_cross_entropy)(x, w, labels)
-    assert loss.dtype == jnp.float32
-    # The reference sees the same bf16-rounded inputs, in float64.
-    expected = ref.linear_softmax_cross_entropy(
-        np.asarray(x, np.float64), np.asarray(w, np.float64), d["labels"]
-    )
-    assert_close(loss, expected, jnp.float32, terms=w.size)
-
-    grads = jax.jit(lambda x, w: [jax.grad(f, argnums=(0, 1))(x, w) for f in (fused, twin)])
-    (dx, dw), (expected_dx, expected_dw) = grads(x, w)
-    assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
-    # The logits gradient is rounded to bf16 before the two products.
-    assert_close(dx, expected_dx, jnp.bfloat16, terms=64)
-    assert_close(dw, expected_dw, jnp.bfloat16, terms=16)
 
 
 def test_masked_rows_have_exactly_zero_gradient_even_with_nan_features():
@@ -299,39 +214,6 @@ def test_masked_rows_have_exactly_zero_gradient_even_with_nan_features():
     assert np.all(np.isfinite(dx)) and np.all(np.isfinite(dw))
 
 
-def test_fully_masked_batch_gives_zero_loss_and_gradient():
-    d = make_inputs(vocab=20, seed=8, dtype=np.float32)
-    where = np.zeros(BATCH, bool)
-
-    def loss(x, w):
-        return jwxent.linear_softmax_cross_entropy(
-            x, w, d["labels"], where=where, reduction="weighted_mean", chunk_size=6
-        )
-
-    value, (dx, dw) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(d["x"], d["w"])
-    assert value == 0.0
-    assert not np.any(dx) and not np.any(dw)
-
-
-def test_out_of_range_label_raises_eagerly_with_position():
-    d = make_inputs(vocab=20, dtype=np.float32)
-    labels = d["labels"].copy()
-    labels[1, 2] = 20
-    with pytest.raises(
-        ValueError, match=r"`labels` must be in \[0, 20\).*got 20 at index \(1, 2\)"
-    ):
-        jwxent.linear_softmax_cross_entropy(d["x"], d["w"], labels)
-
-
-def test_out_of_range_label_is_nan_under_jit():
-    d = make_inputs(vocab=20, dtype=np.float32)
-    labels = d["labels"].copy()
-    labels[0, 1] = -3
-    loss = jax.jit(jwxent.linear_softmax_cross_entropy)(d["x"], d["w"], labels)
-    assert np.isnan(loss[0, 1])
-    assert np.isfinite(np.delete(np.asarray(loss).ravel(), 1)).all()
-
-
 # ---------------------------------------------------------------------------
 # Transforms.
 # ---------------------------------------------------------------------------
@@ -346,57 +228,6 @@ def _loss_of(d, **options):
         )
 
     return loss
-
-
-def test_jit_and_grad_of_jit_do_not_retrace():
-    d = make_inputs(vocab=30, seed=9, dtype=np.float32)
-    options = {"reduction": "weighted_mean", "label_smoothing": 0.1}
-    loss = jax.jit(chex.assert_max_traces(_loss_of(d, **options), n=1))
-    grad = jax.grad(loss, argnums=(0, 1, 2))
-
-    def twin(x, w, class_weights):
-        return ref.jax_linear_twin(x, w, d["labels"], class_weights=class_weights, **options)
-
-    twin_grad = jax.jit(jax.grad(twin, argnums=(0, 1, 2)))
-    args = [jnp.asarray(d[k]) for k in ("x", "w", "class_weights")]
-    for scale in (1.0, 1.5):  # new values, same shapes: no new trace
-        x, w, cw = (scale * a for a in args)
-        expected = ref.linear_softmax_cross_entropy(x, w, d["labels"], class_weights=cw, **options)
-        assert_close(loss(x, w, cw), expected, jnp.float32, terms=w.size)
-        for g, e in zip(grad(x, w, cw), twin_grad(x, w, cw), strict=True):
-            assert_close(g, e, jnp.float32, terms=w.size)
-
-
-def test_vmap_checkpoint_and_scan_match_the_reference():
-    d = make_inputs(vocab=30, seed=10, dtype=np.float32)
-    loss = _loss_of(d, reduction="sum")
-    xs = jnp.stack([jnp.asarray(d["x"]), 2.0 * jnp.asarray(d["x"])])
-    w, cw = jnp.asarray(d["w"]), jnp.asarray(d["class_weights"])
-
-    def vmapped(w):
-        return jax.vmap(jax.checkpoint(loss), in_axes=(0, None, None))(xs, w, cw)
-
-    def scanned(w):
-        return jax.lax.scan(lambda total, x: (total + loss(x, w, cw), None), 0.0, xs)[0]
-
-    def twin(w):
-        return sum(
-            ref.jax_linear_twin(x, w, d["labels"], class_weights=cw, reduction="sum") for x in xs
-        )
-
-    @jax.jit
-    def run(w):
-        per_x, vjp = jax.vjp(vmapped, w)
-        return per_x, vjp(jnp.ones_like(per_x))[0], scanned(w), jax.grad(twin)(w)
-
-    per_x, grad, total, twin_grad = run(w)
-    for x, value in zip(xs, per_x, strict=True):
-        expected = ref.linear_softmax_cross_entropy(
-            x, w, d["labels"], class_weights=cw, reduction="sum"
-        )
-        assert_close(value, expected, jnp.float32, terms=30)
-    assert_close(total, jnp.sum(per_x), jnp.float32, terms=30)
-    assert_close(grad, twin_grad, jnp.float32, terms=30)
 
 
 def test_default_implementation_streams_and_xla_does_not():

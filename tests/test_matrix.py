@@ -34,15 +34,19 @@ from tests._tolerance import assert_close
 SCALAR_REDUCTIONS = REDUCTIONS[1:]
 PATHS = ("xla_cpu", "generic")
 
-# The matrix checks numbers, not speed: compile without LLVM's expensive passes.
-jit = functools.partial(
-    jax.jit,
-    compiler_options={
-        "xla_backend_optimization_level": 0,
-        "xla_llvm_disable_expensive_passes": True,
-    },
-)
-loss_ids = pytest.mark.parametrize("loss", LOSSES, ids=str)
+
+def _grouped(loss, *values):
+    """A parameter set that keeps one loss's tests on one pytest-xdist worker,
+    so that they share the compilations cached below."""
+    return pytest.param(
+        loss,
+        *values,
+        marks=pytest.mark.xdist_group(loss.name),
+        id="-".join([loss.name, *map(str, values)]),
+    )
+
+
+loss_ids = pytest.mark.parametrize("loss", [_grouped(loss) for loss in LOSSES])
 
 
 def _path(path: str):
@@ -124,7 +128,13 @@ MODE_CASES = [
 
 
 @pytest.mark.parametrize(
-    ("case", "path"), MODE_CASES, ids=lambda c: c if isinstance(c, str) else case_id(c)
+    ("case", "path"),
+    [
+        pytest.param(
+            case, path, marks=pytest.mark.xdist_group(case[0].name), id=f"{case_id(case)}-{path}"
+        )
+        for case, path in MODE_CASES
+    ],
 )
 def test_values_and_derivatives_match_the_reference(case, path):
     """Values against NumPy; derivatives against finite differences of it.
@@ -139,7 +149,7 @@ def test_values_and_derivatives_match_the_reference(case, path):
         names = differentiable(values)
         floats = {n: jnp.asarray(values[n]) for n in names}
         tangents = _random_like({n: values[n] for n in names}, 7)
-        ours = jit(_modes(loss, values))(floats, tangents)
+        ours = jax.jit(_modes(loss, values))(floats, tangents)
     for reduction, (value, cotangent, grads, jvp) in ours.items():
         expected = _numpy_reduced(loss, values, reduction)
         assert_close(value, expected, jnp.float64, 64, err_msg=f"{reduction}: value")
@@ -159,14 +169,14 @@ def test_values_and_derivatives_match_the_reference(case, path):
             )
 
 
-@pytest.mark.parametrize("loss", LOSSES, ids=str)
+@pytest.mark.parametrize("loss", [_grouped(loss) for loss in LOSSES])
 def test_float32_values_match_float64_reference(loss):
     """Every reduction from float32 inputs, within float32 rounding of the reference."""
     values = call_values(loss, "everything", registry.arrays(loss.name))
     single = {
         k: v.astype(np.float32) if k in differentiable(values) else v for k, v in values.items()
     }
-    ours = jit(lambda v: {r: _reduced(loss, v, r) for r in ("none", "scalars")})(single)
+    ours = jax.jit(lambda v: {r: _reduced(loss, v, r) for r in ("none", "scalars")})(single)
     for reduction, value in ours.items():
         assert value.dtype == jnp.float32
         assert_close(value, _numpy_reduced(loss, single, reduction), jnp.float32, 64)
@@ -196,8 +206,8 @@ def test_hessian_jacfwd_and_linearize_match_plain_jax(loss):
 
         x = jnp.asarray(values[main])
         tangent = jnp.asarray(_random_like(values[main], 3))
-        hessian, hessian_rev, jacobian, slope = jit(ours)(x, tangent)
-        expected_hessian, expected_jacobian, expected_slope = jit(theirs)(x, tangent)
+        hessian, hessian_rev, jacobian, slope = jax.jit(ours)(x, tangent)
+        expected_hessian, expected_jacobian, expected_slope = jax.jit(theirs)(x, tangent)
         assert_close(hessian, expected_hessian, jnp.float64, 64)
         assert_close(hessian_rev, expected_hessian, jnp.float64, 64)
         assert_close(jacobian, expected_jacobian, jnp.float64, 64)
@@ -262,7 +272,7 @@ def _evaluator(loss_name, static, names):
 
         return out, jax.grad(total)({n: arrays[n] for n in names})
 
-    return jit(run)
+    return jax.jit(run)
 
 
 def _all_reductions_and_grads(loss, values):
@@ -270,18 +280,34 @@ def _all_reductions_and_grads(loss, values):
     return _evaluator(loss.name, static, tuple(differentiable(values)))(arrays)
 
 
+@functools.cache
+def _compiled_value_and_grads(loss_name, static, names):
+    """A jitted `_value_and_grads` that must never retrace (shared by the tests below)."""
+    loss = BY_NAME[loss_name]
+    return jax.jit(chex.assert_max_traces(_value_and_grads(loss, static, names), n=1))
+
+
+def _per_class_array(values):
+    """The per-class array that a vmap sweeps alone: class weights or their kin."""
+    return next(n for n in ("class_weights", "pos_weight", "alpha", "weights") if n in values)
+
+
 @loss_ids
 def test_jit_vmap_checkpoint_scan_and_no_retrace(loss):
+    """New values of the same shapes never retrace; vmap over the batch of problems or
+    over one per-class array, checkpoint and scan give the jitted loop's numbers."""
     problems = [
         _float32(call_values(loss, "everything", registry.arrays(loss.name, seed=s)))
         for s in range(3)
     ]
     arrays = [_split(p)[0] for p in problems]
-    static = _split(problems[0])[1]
-    value_and_grads = _value_and_grads(loss, static, differentiable(problems[0]))
+    static, names = _split(problems[0])[1], tuple(differentiable(problems[0]))
+    value_and_grads = _value_and_grads(loss, static, names)
     chex.clear_trace_counter()
-    step = jit(chex.assert_max_traces(value_and_grads, n=1))
-    looped = [step(a) for a in arrays]  # new values, same shapes: no retrace
+    step = _compiled_value_and_grads(loss.name, static, names)
+    looped = [step(a) for a in arrays]
+    name = _per_class_array(problems[0])
+    swept = [step({**arrays[0], name: a[name]}) for a in arrays]
 
     def transformed(stacked):
         def body(total, a):
@@ -290,27 +316,16 @@ def test_jit_vmap_checkpoint_scan_and_no_retrace(loss):
 
         scanned = jax.lax.scan(body, jnp.zeros((), jnp.float32), stacked)
         first = jax.tree.map(lambda a: a[0], stacked)
-        return jax.vmap(value_and_grads)(stacked), jax.checkpoint(value_and_grads)(first), scanned
+        by_keyword = jax.vmap(lambda k: value_and_grads({**first, name: k}))(stacked[name])
+        batched = jax.vmap(value_and_grads)(stacked)
+        return batched, by_keyword, jax.checkpoint(value_and_grads)(first), scanned
 
-    batched, remat, (total, grads) = jit(transformed)(_stack(arrays))
+    batched, by_keyword, remat, (total, grads) = jax.jit(transformed)(_stack(arrays))
     _assert_trees_close(batched, _stack(looped))
+    _assert_trees_close(by_keyword, _stack(swept))
     _assert_trees_close(remat, looped[0])
     assert_close(total, sum(v for v, _ in looped), jnp.float32, 64)
     _assert_trees_close(grads, _stack([g for _, g in looped]))
-
-
-@loss_ids
-def test_vmap_over_one_keyword_array_equals_a_loop(loss):
-    """vmap over `class_weights` (or another per-class array) alone."""
-    values = _float32(call_values(loss, "everything", registry.arrays(loss.name)))
-    name = next(n for n in ("class_weights", "pos_weight", "alpha", "weights") if n in values)
-    rng = np.random.default_rng(5)
-    sweep = np.stack([values[name] * rng.uniform(0.5, 2.0) for _ in range(3)]).astype(np.float32)
-    arrays, static = _split(values)
-    value_and_grads = _value_and_grads(loss, static, differentiable(values))
-    f = lambda a: value_and_grads({**arrays, name: a})
-    looped = [jit(f)(a) for a in sweep]
-    _assert_trees_close(jit(jax.vmap(f))(sweep), _stack(looped))
 
 
 @loss_ids
@@ -321,18 +336,22 @@ def test_traced_hyperparameters_equal_python_numbers(loss):
     hyper = {k: np.asarray(v, np.float32) for k, v in loss.hyperparameters.items()}
     halves = {k: v / 2 for k, v in hyper.items()}
     numbers = {**values, **{k: float(v) for k, v in hyper.items()}}
-    expected = jit(_value_and_grads(loss, _split(numbers)[1], names))(_split(numbers)[0])
+    chex.clear_trace_counter()  # the compiled step below may be a new one
+    expected = _compiled_value_and_grads(loss.name, _split(numbers)[1], names)(_split(numbers)[0])
     arrays, static = _split({**values, **hyper})
     traced_fn = _value_and_grads(loss, static, names)
-    traced = jit(traced_fn)
-    _assert_trees_close(traced(arrays), expected)
-    half_value, _ = traced({**arrays, **halves})
+
+    def both(arrays, sweep):
+        swept = jax.vmap(lambda h: traced_fn({**arrays, **h}))(sweep)
+        return traced_fn(arrays), traced_fn({**arrays, **halves}), swept
+
+    sweep = {k: np.stack([hyper[k], halves[k]]) for k in hyper}
+    traced, traced_half, swept = jax.jit(both)(arrays, sweep)
+    _assert_trees_close(traced, expected)
     reference = _numpy_reduced(loss, {**values, **halves}, "scalars")
-    assert_close(half_value, reference[SCALAR_REDUCTIONS.index(_reduction(loss))], jnp.float32, 64)
-    swept = jit(
-        jax.vmap(traced_fn, in_axes=({**{k: None for k in arrays}, **{k: 0 for k in hyper}},))
-    )({**arrays, **{k: np.stack([hyper[k], halves[k]]) for k in hyper}})
-    _assert_trees_close(swept, _stack([traced(arrays), traced({**arrays, **halves})]))
+    index = SCALAR_REDUCTIONS.index(_reduction(loss))
+    assert_close(traced_half[0], reference[index], jnp.float32, 64)
+    _assert_trees_close(swept, _stack([traced, traced_half]))
 
 
 # ---------------------------------------------------------------------------
@@ -392,7 +411,7 @@ def test_everything_masked_or_zero_weights_gives_zero_not_nan(loss):
 ON_LOGITS = [loss for loss in LOSSES if loss.data[0] in ("logits", "x")]
 
 
-@pytest.mark.parametrize("loss", ON_LOGITS, ids=str)
+@pytest.mark.parametrize("loss", [_grouped(loss) for loss in ON_LOGITS])
 def test_huge_logits_are_finite_and_exact(loss):
     values = _float32(call_values(loss, "everything", registry.arrays(loss.name)))
     main = _main_float(loss)
@@ -418,7 +437,7 @@ def test_tied_huge_logits_keep_the_gradient_exact(name, path):
         labels = np.eye(3, dtype=np.float32)[labels]
     loss = registry.BY_NAME[name]
     with _path(path):
-        grad = jit(
+        grad = jax.jit(
             jax.grad(lambda z: call(loss, {"logits": z, "labels": labels}, reduction="sum"))
         )(logits)
     np.testing.assert_array_equal(grad, [[-0.5, 0.5, 0.0], [1.0, -1.0, 0.0]])
@@ -451,7 +470,7 @@ _EPS = {"bfloat16": 2.0**-7, "float16": 2.0**-10}
 
 
 @pytest.mark.parametrize("dtype", list(HALF))
-@pytest.mark.parametrize("loss", LOSSES, ids=str)
+@pytest.mark.parametrize("loss", [_grouped(loss) for loss in LOSSES])
 def test_half_precision_inputs_are_computed_in_float32(loss, dtype):
     """Half-precision data: the loss within float32 rounding of the reference on the
     rounded inputs, the gradient in the input dtype within two of its ulps of
@@ -460,32 +479,54 @@ def test_half_precision_inputs_are_computed_in_float32(loss, dtype):
     """
     values = _float32(call_values(loss, "everything", registry.arrays(loss.name, seed=3)))
     main = _main_float(loss)
-    half = jnp.asarray(values[main] * (3.0 if main == "logits" else 1.0)).astype(HALF[dtype])
+    scale = 3.0 if main == "logits" else 1.0
+    halves = [n for n in (main, "w") if n in values]
+    half_values = {**values, **{n: jnp.asarray(values[n] * scale, HALF[dtype]) for n in halves}}
     if main == "x":
-        values["w"] = np.asarray(jnp.asarray(values["w"]).astype(HALF[dtype]))
-    half_values = (
-        {**values, main: half}
-        if main != "x"
-        else {**values, "x": half, "w": jnp.asarray(values["w"], HALF[dtype])}
-    )
-    rounded = {
-        k: np.asarray(v, np.float64) if k in (main, "w") else v for k, v in half_values.items()
-    }
+        half_values["x"] = jnp.asarray(values["x"], HALF[dtype])
+    if main == "logits":
+        half_values["logits"] = _untied(half_values["logits"])
+    rounded = {k: np.asarray(v, np.float64) if k in halves else v for k, v in half_values.items()}
 
     def f(x):
         return call(loss, {**half_values, main: x}, reduction="sum")
 
-    value, grad = jit(jax.value_and_grad(f))(half)
-    assert value.dtype == jnp.float32 and grad.dtype == half.dtype
+    value, grad = jax.jit(jax.value_and_grad(f))(half_values[main])
+    assert value.dtype == jnp.float32 and grad.dtype == half_values[main].dtype
     # The inputs are exact in float64: only float32 rounding separates the two.
-    np.testing.assert_allclose(value, _numpy_reduced(loss, rounded, "scalars")[0], rtol=1e-5)
-    with jax.enable_x64(True):
-        expected = jax.grad(
-            lambda x: call(loss, {**rounded, main: x}, reference=True, reduction="sum")
-        )(jnp.asarray(rounded[main]))
-        expected = np.asarray(expected)
+    reference = _numpy_reduced(loss, rounded, "scalars")[SCALAR_REDUCTIONS.index("sum")]
+    np.testing.assert_allclose(value, reference, rtol=1e-5)
+    expected = _numpy_gradient(loss, rounded, main, "sum")
     error = np.max(np.abs(np.asarray(grad, np.float64) - expected))
     assert error <= 2 * _EPS[dtype] * np.max(np.abs(expected)), (error, np.max(np.abs(expected)))
+
+
+def _untied(logits):
+    """Half-precision logits whose row maxima are unique: a cost matrix's `argmax`
+    is discontinuous at a tie, which finite differences would turn into 1e6."""
+    z = np.asarray(logits, np.float64)
+    top = np.argmax(z, axis=-1)[..., None]
+    peak = np.take_along_axis(z, top, axis=-1)
+    ties = np.sum(z == peak, axis=-1, keepdims=True) > 1
+    bumped = np.nextafter(peak.astype(logits.dtype), np.inf, dtype=logits.dtype)
+    raised = np.where(ties, bumped.astype(np.float64), peak)
+    np.put_along_axis(z, top, raised, axis=-1)
+    return jnp.asarray(z, logits.dtype)
+
+
+def _numpy_gradient(loss, values, name, reduction, step=1e-6):
+    """The gradient of the NumPy reference with respect to `name`, by central differences."""
+    x = np.asarray(values[name], np.float64)
+    index = SCALAR_REDUCTIONS.index(reduction)
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        moved = x.copy()
+        moved[i] += step
+        ahead = _numpy_reduced(loss, {**values, name: moved}, "scalars")[index]
+        moved[i] -= 2 * step
+        behind = _numpy_reduced(loss, {**values, name: moved}, "scalars")[index]
+        grad[i] = (ahead - behind) / (2 * step)
+    return grad
 
 
 INTEGER_LABELS = [
@@ -495,23 +536,23 @@ INTEGER_LABELS = [
 ]
 
 
-@pytest.mark.parametrize("loss", INTEGER_LABELS, ids=str)
+@pytest.mark.parametrize("loss", [_grouped(loss) for loss in INTEGER_LABELS])
 def test_every_integer_label_dtype_gives_the_same_loss(loss):
     values = _float32(call_values(loss, "plain", registry.arrays(loss.name)))
-    f = jit(lambda v: call(loss, v, reduction="none"))
+    f = jax.jit(lambda v: call(loss, v, reduction="none"))
     expected = f(values)
     for dtype in (np.int8, np.uint8, np.int16, np.uint32):
         np.testing.assert_array_equal(
             f({**values, "labels": values["labels"].astype(dtype)}), expected
         )
     with jax.enable_x64(True):
-        wide = jit(lambda v: call(loss, v, reduction="none"))(
+        wide = jax.jit(lambda v: call(loss, v, reduction="none"))(
             {**values, "labels": values["labels"].astype(np.int64)}
         )
     np.testing.assert_array_equal(wide, expected)
 
 
-@pytest.mark.parametrize("loss", INTEGER_LABELS, ids=str)
+@pytest.mark.parametrize("loss", [_grouped(loss) for loss in INTEGER_LABELS])
 @pytest.mark.parametrize("bad", ["num_classes", "-1"])
 def test_out_of_range_labels_raise_eagerly_and_give_nan_under_jit(loss, bad):
     values = _float32(call_values(loss, "plain", registry.arrays(loss.name, batch=(4,))))
@@ -524,9 +565,9 @@ def test_out_of_range_labels_raise_eagerly_and_give_nan_under_jit(loss, bad):
         ValueError, match=rf"`labels` must be in \[0, {classes}\).*got {label} at index \(2,\)"
     ):
         call(loss, broken, reduction="none")
-    out = jit(lambda v: call(loss, v, reduction="none"))(broken)
+    out = jax.jit(lambda v: call(loss, v, reduction="none"))(broken)
     assert np.isnan(out[2])
-    good = jit(lambda v: call(loss, v, reduction="none"))(values)
+    good = jax.jit(lambda v: call(loss, v, reduction="none"))(values)
     np.testing.assert_array_equal(np.delete(np.asarray(out), 2), np.delete(np.asarray(good), 2))
 
 

@@ -1,10 +1,12 @@
-"""Sharded inputs on 8 simulated CPU devices: one device's numbers, no all-gathered classes.
+"""Sharded inputs on 8 simulated CPU devices: one device's numbers, no gathered axes.
 
 `tests/_sharding_worker.py` runs in a subprocess (the device count is fixed
-when JAX starts) and records, for every exported loss, both mesh axis types
-(`Auto`, `Explicit`) and both layouts (`"data"`: batch sharded; `"vocab"`:
-batch over `"data"` and classes over `"model"`), the value and gradients of
-the jitted loss and the result shapes of the compiled program's all-gathers.
+when JAX starts) and records, for every loss of the registry, every reduction
+and the gradients under `jit` with `Auto` and `Explicit` mesh axes in three
+layouts, and inside `jax.shard_map`; see its docstring. Here each run is
+compared with one device, and the compiled programs are searched for
+all-gathers that move the class axis (with the classes sharded) or a
+batch-sized array (with only the batch sharded).
 """
 
 import json
@@ -14,39 +16,68 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
+import pytest
 
-import jwxent
+from tests import _registry as registry
 from tests import _sharding_worker as worker
-from tests._tolerance import assert_close
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("auto", "explicit")
+RUNS = [
+    f"{axis_type.name.lower()}/{layout}"
+    for axis_type, layouts in worker.LAYOUTS_BY_AXIS_TYPE.items()
+    for layout in layouts
+]
 
-# Per-device sizes of the class axis (whole, per "model" shard) and of a fused
-# block (whole, per shard): an all-gather with one of them in its result
-# shape moves the class axis. Batch-sized ones (32, 16, 8, 4) may cross.
-CLASS_SIZES = {
-    worker.CLASSES,
-    worker.CLASSES // 2,
-    worker.CLASSES // 4,
-    worker.CLASSES // 8,
-    worker.CHUNK // 4,
+# Per-device sizes of the class axis (whole, per "model" shard, per device)
+# and of the batch axis (whole, per "data" shard).
+CLASS_SIZES = {worker.CLASSES, worker.CLASSES // 4, worker.CLASSES // 8}
+BATCH_SIZES = {worker.BATCH, worker.BATCH // 2}
+ANY_BATCH_SIZE = BATCH_SIZES | {worker.BATCH // 8}
+
+
+# Two halves of the registry, one subprocess each; `xdist_group` keeps each
+# half's tests on one pytest-xdist worker, so the halves run in parallel.
+HALVES = {
+    "first": [loss.name for loss in registry.LOSSES[::2]],
+    "second": [loss.name for loss in registry.LOSSES[1::2]],
 }
 
 
-def _run_worker(output: Path) -> dict:
-    # Fast, unoptimised CPU code generation: this test checks layouts, not speed.
-    flags = (
-        "--xla_force_host_platform_device_count=8 "
-        "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    )
+def _half(name: str) -> str:
+    return next(half for half, names in HALVES.items() if name in names)
+
+
+def _run_worker(tmp_path_factory, names: list[str]) -> dict:
+    output = tmp_path_factory.mktemp("sharding") / "results.json"
+    # The suite's fast-compile flags (conftest.py) and 8 simulated devices.
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-m", "tests._sharding_worker", str(output)]
+    command = [sys.executable, "-m", "tests._sharding_worker", str(output), *names]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(output.read_text())
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory) -> dict:
+    return _run_worker(tmp_path_factory, HALVES["first"])
+
+
+@pytest.fixture(scope="module")
+def second(tmp_path_factory) -> dict:
+    return _run_worker(tmp_path_factory, HALVES["second"])
+
+
+def _cases(test):
+    """Parametrises `test(runs)` over the registry, each loss in its half's group."""
+    return pytest.mark.parametrize(
+        "name",
+        [
+            pytest.param(loss.name, marks=pytest.mark.xdist_group(_half(loss.name)))
+            for loss in registry.LOSSES
+        ],
+    )(test)
 
 
 def _dims(hlo_type: str) -> list[int]:
@@ -55,57 +86,85 @@ def _dims(hlo_type: str) -> list[int]:
     return [int(d) for shape in shapes for d in shape.split(",") if d]
 
 
-def _problems(run: dict, one_device: dict) -> list[str]:
-    """What is wrong with one sharded run: an error, other numbers, gathered classes."""
-    if "error" in run:
-        return [run["error"].strip()]
-    problems = []
-    terms = worker.BATCH * worker.CLASSES
+def _close(actual, expected, what: str) -> list[str]:
     try:
-        assert_close(run["value"], one_device["value"], jnp.float32, terms, err_msg="value")
-        assert set(run["grads"]) == set(one_device["grads"])
-        for name, grad in run["grads"].items():
-            expected = np.asarray(one_device["grads"][name])
-            assert np.any(expected != 0), f"{name}: a zero gradient checks nothing"
-            assert_close(grad, expected, jnp.float32, terms, err_msg=f"d{name}")
+        np.testing.assert_allclose(actual, expected, rtol=2e-5, atol=2e-6, err_msg=what)
     except AssertionError as error:
-        problems.append(f"differs from one device: {error}")
-    gathered = [t for t in run["all_gathers"] if CLASS_SIZES & set(_dims(t))]
-    if gathered:
-        problems.append(f"all-gathers of the class axis: {gathered}")
+        return [str(error).strip().splitlines()[0] + f" ({what})"]
+    return []
+
+
+def _differences(run: dict, one_device: dict) -> list[str]:
+    problems = []
+    for reduction, value in one_device["values"].items():
+        problems += _close(run["values"][reduction], value, reduction)
+    for name, grad in one_device["grads"].items():
+        assert np.any(np.asarray(grad) != 0), f"d{name}: a zero gradient checks nothing"
+        problems += _close(run["grads"][name], grad, f"d{name}")
     return problems
 
 
-def test_every_public_loss_has_a_case():
-    losses = {n for n in jwxent.__all__ if "entropy" in n or "loss" in n}
-    covered = {worker.function_name(case_id) for case_id in worker.CASES}
-    assert losses <= covered, f"add a case to tests/_sharding_worker.py for {losses - covered}"
-    assert "linear_softmax_cross_entropy" in losses
+def _gathers(run: dict, layout: str) -> list[str]:
+    """All-gathers that move `[batch, classes]` logits (classes sharded) or a batch.
 
-
-def test_sharded_losses_match_one_device_and_never_gather_classes(tmp_path):
-    """Every exported loss, both mesh axis types, both layouts, in one subprocess.
-
-    One test on purpose: under pytest-xdist, tests of one module may run in
-    different processes, and each would start the minute-long worker again.
+    With the classes sharded, `[batch]` vectors (per-device partial sums) and
+    per-class parameters (the cotangent of a replicated cost matrix) may cross
+    devices, arrays of both a batch and a class axis may not. With only the
+    batch sharded, nothing batch-sized is gathered to every device.
     """
-    results = _run_worker(tmp_path / "results.json")
-    exported = [c for c in worker.CASES if worker.function_name(c) in jwxent.__all__]
-    assert results["exported"] == exported
-    report: dict[tuple[str, str], list[str]] = {}
-    for case_id in exported:
-        runs = results["runs"][case_id]
-        for mode in MODES:
-            for layout in worker.LAYOUTS:
-                for problem in _problems(runs[f"{mode}/{layout}"], runs["one_device"]):
-                    report.setdefault((case_id, mode), []).append(f"{layout}: {problem}")
-    assert not report, "\n".join(f"{key}: {line}" for key in report for line in report[key])
+
+    def moved(dims: set[int]) -> bool:
+        if layout == "data":
+            return bool(BATCH_SIZES & dims)
+        return bool(CLASS_SIZES & dims) and bool(ANY_BATCH_SIZE & dims)
+
+    return [t for t in run["all_gathers"] if moved(set(_dims(t)))]
+
+
+def test_every_loss_of_the_registry_runs_sharded():
+    halves = [name for names in HALVES.values() for name in names]
+    assert sorted(halves) == sorted(loss.name for loss in registry.LOSSES)
+
+
+@_cases
+def test_sharded_jit_equals_one_device_and_gathers_no_sharded_axis(request, name):
+    runs = request.getfixturevalue(_half(name))[name]
+    report = []
+    for key in RUNS:
+        run = runs[key]
+        if "error" in run:
+            report.append(f"{key}: {run['error'].strip()}")
+            continue
+        report += [f"{key}: {p}" for p in _differences(run, runs["one_device"])]
+        gathered = _gathers(run, key.split("/")[1])
+        if gathered:
+            report.append(f"{key}: all-gathers {gathered}")
+    assert not report, "\n".join(report)
+
+
+@_cases
+def test_shard_map_with_default_check_vma_equals_one_device(request, name):
+    runs = request.getfixturevalue(_half(name))[name]
+    run = runs["shard_map"]
+    assert "error" not in run, run.get("error")
+    one_device = runs["one_device"]
+    report = _close(run["value"], np.sum(one_device["values"]["none"]), "value")
+    for name_, grad in one_device["sum_grads"].items():
+        report += _close(run["grads"][name_], grad, f"d{name_}")
+    assert not report, "\n".join(report)
 
 
 def test_all_gather_shapes_are_parsed():
     """The HLO check can fail: it sees the class axis in a compiled all-gather."""
-    hlo = "%ag = f32[16,160]{1,0} all-gather(f32[16,40]{1,0} %p), dimensions={1}\n"
-    hlo += "%t = (f32[16]{0}, s32[16]{0}) all-gather-start(%a, %b), dimensions={0}"
-    shapes = worker.all_gather_shapes(hlo)
-    assert shapes == ["f32[16,160]{1,0}", "(f32[16]{0}, s32[16]{0})"]
-    assert [bool(CLASS_SIZES & set(_dims(s))) for s in shapes] == [True, False]
+    hlo = "%ag = f32[16,160]{1,0} all-gather(f32[16,40]{1,0} %p), dimensions={1}, "
+    hlo += 'metadata={op_name="jit(program)/a_loss/transpose"}\n'
+    hlo += "%t = (f32[4]{0}, s32[4]{0}) all-gather-start(%a, %b), dimensions={0}, "
+    hlo += 'metadata={op_name="jit(program)/another/sum"}'
+    gathers = worker.all_gathers(hlo)
+    assert gathers == [
+        ("f32[16,160]{1,0}", "jit(program)/a_loss/transpose"),
+        ("(f32[4]{0}, s32[4]{0})", "jit(program)/another/sum"),
+    ]
+    shapes = [shape for shape, _ in gathers]
+    assert _gathers({"all_gathers": shapes}, "both") == ["f32[16,160]{1,0}"]
+    assert _gathers({"all_gathers": ["f32[32,6]{1,0}"]}, "data") == ["f32[32,6]{1,0}"]

@@ -1,12 +1,10 @@
 """Sigmoid family: values against float64 NumPy and optax, gradients against an autodiff twin."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.test_util import check_grads
 
 import jwxent
 from tests import _references as ref
@@ -275,16 +273,6 @@ def _grads_against_twin(fn, twin, case_name, cases):
             )
 
 
-@pytest.mark.parametrize("case", ["plain", "soft", "pos_weight", "label_smoothing", "everything"])
-def test_bce_gradients_match_autodiff(case):
-    _grads_against_twin(jwxent.sigmoid_binary_cross_entropy, bce_twin, case, BCE_CASES)
-
-
-@pytest.mark.parametrize("case", ["plain", "soft", "alpha", "gamma_0", "everything"])
-def test_focal_gradients_match_autodiff(case):
-    _grads_against_twin(jwxent.sigmoid_focal_loss, focal_twin, case, FOCAL_CASES)
-
-
 def test_bce_logits_gradient_is_the_closed_form():
     data = make_inputs((4, 5), seed=8)
     x, y, c = (jnp.asarray(data[k]) for k in ("logits", "soft_labels", "pos_weight"))
@@ -294,33 +282,6 @@ def test_bce_logits_gradient_is_the_closed_form():
     x64, y64, c64 = (np.asarray(v, np.float64) for v in (x, y, c))
     s = np.exp(ref.log_sigmoid(x64))
     assert_close(grad, (1.0 + (c64 - 1.0) * y64) * s - c64 * y64, np.float32)
-
-
-def test_check_grads_bce():
-    with jax.enable_x64(True):
-        data = make_inputs((3, 4), seed=9, dtype=np.float64)
-        w = jnp.asarray(data["weights"])
-
-        def f(x, y, c):
-            loss = jwxent.sigmoid_binary_cross_entropy(
-                x, y, pos_weight=c, weights=w, label_smoothing=0.1, reduction="weighted_mean"
-            )
-            return loss
-
-        args = tuple(jnp.asarray(data[k]) for k in ("logits", "soft_labels", "pos_weight"))
-        check_grads(jax.jit(f), args, order=2, modes=["rev"])  # Checks order 1 too.
-
-
-@pytest.mark.parametrize(("order", "gamma"), [(1, 0.0), (2, 0.5), (2, 2.0)])
-def test_check_grads_focal(order, gamma):
-    with jax.enable_x64(True):
-        data = make_inputs((2, 3), seed=10, dtype=np.float64)
-
-        def f(x, y, alpha):
-            return jwxent.sigmoid_focal_loss(x, y, alpha, gamma, reduction="sum")
-
-        args = (jnp.asarray(data["logits"]), jnp.asarray(data["soft_labels"]), jnp.array(0.3))
-        check_grads(jax.jit(f), args, order=order, modes=["rev"])
 
 
 def test_pos_weight_cotangent_sums_over_broadcast_rows():
@@ -337,36 +298,6 @@ def test_pos_weight_cotangent_sums_over_broadcast_rows():
 # ---------------------------------------------------------------------------
 # Dtypes.
 # ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("fn", ["sigmoid_binary_cross_entropy", "sigmoid_focal_loss"])
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_half_precision_computes_in_float32(fn, dtype):
-    data = make_inputs((2, 3, 9), seed=12)
-    x = jnp.asarray(data["logits"], dtype)
-    y = jnp.asarray(data["soft_labels"], dtype)
-    loss, grad = jax.jit(jax.value_and_grad(lambda x: jnp.sum(getattr(jwxent, fn)(x, y))))(x)
-    assert loss.dtype == jnp.float32 and grad.dtype == dtype
-    x32, y32 = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    twin = bce_twin if fn == "sigmoid_binary_cross_entropy" else focal_twin
-    with jax.enable_x64(True):
-        expected_loss, expected_grad = jax.jit(jax.value_and_grad(lambda x: jnp.sum(twin(x, y32))))(
-            x32
-        )
-    # Rounded inputs, float32 math: the loss is float32-accurate for those inputs.
-    assert_close(loss, expected_loss, np.float32, terms=54)
-    assert_close(grad, expected_grad, dtype)
-
-
-def test_float64_under_x64():
-    with jax.enable_x64(True):
-        data = make_inputs((4, 5), seed=13, dtype=np.float64)
-        x, y, c = (jnp.asarray(data[k]) for k in ("logits", "soft_labels", "pos_weight"))
-        loss = jit_call(jwxent.sigmoid_binary_cross_entropy, x, y, pos_weight=c)
-        focal = jit_call(jwxent.sigmoid_focal_loss, x, y, alpha=0.25)
-        assert loss.dtype == focal.dtype == jnp.float64
-        assert_close(loss, ref.sigmoid_binary_cross_entropy(x, y, pos_weight=c), np.float64)
-        assert_close(focal, ref.sigmoid_focal_loss(x, y, 0.25), np.float64)
 
 
 # ---------------------------------------------------------------------------
@@ -411,19 +342,6 @@ def test_pos_weight_of_negative_to_positive_ratio_balances_the_initial_gradient(
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fn", ["sigmoid_binary_cross_entropy", "sigmoid_focal_loss"])
-@pytest.mark.parametrize("scale", [1e4, -1e4])
-def test_extreme_logits_are_finite(fn, scale):
-    logits = jnp.array([[1.0, -1.0, 0.5], [-0.5, 1.0, -1.0]]) * scale
-    labels = jnp.array([[1.0, 0.0, 0.3], [1.0, 1.0, 0.0]])
-    kwargs = {"pos_weight": jnp.array([2.0, 1.0, 3.0])} if fn.startswith("sigmoid_b") else {}
-    f = lambda x, y: jnp.sum(getattr(jwxent, fn)(x, y, **kwargs))
-    loss, grads = jax.jit(jax.value_and_grad(f, (0, 1)))(logits, labels)
-    assert np.isfinite(loss) and all(np.isfinite(g).all() for g in grads)
-    reference = getattr(ref, fn)(np.asarray(logits), np.asarray(labels), **kwargs)
-    assert_close(loss, np.sum(reference), np.float32, terms=6)
-
-
 def test_focal_gradient_at_saturated_logits_is_zero_for_small_gamma():
     logits = jnp.array([1e4, -1e4, 200.0])
     labels = jnp.array([1.0, 0.0, 1.0])
@@ -431,6 +349,40 @@ def test_focal_gradient_at_saturated_logits_is_zero_for_small_gamma():
         logits
     )
     np.testing.assert_array_equal(grad, np.zeros(3))
+
+
+def _float64_focal_sum(x, y, gamma):
+    """Plain-autodiff twin: `Σ (1 − p_t)^γ · CE`, each factor in log-sigmoid form."""
+    ce = y * jax.nn.softplus(-x) + (1 - y) * jax.nn.softplus(x)
+    u = y * jax.nn.sigmoid(-x) + (1 - y) * jax.nn.sigmoid(x)
+    return jnp.sum(u**gamma * ce)
+
+
+@pytest.mark.parametrize("gamma", [None, 0.0, 0.5, 2.0])
+def test_saturated_logits_keep_the_relative_precision_of_derivatives(gamma):
+    """Where σ(x) rounds to the label, the gradient (≈ −e^(−|x|)) and the
+    Hessian stay within float32 rounding of float64 instead of rounding to 0
+    or overflowing (optax's focal test asks for finite Hessians at γ = 0.5)."""
+    # |x| ≤ 30: beyond, the float64 twin's own second derivative loses digits.
+    x = np.array([30.0, -30.0, 18.0, 25.0, -20.0, 3.0], np.float32)
+    y = np.array([1.0, 0.0, 1.0, 0.8, 0.0, 0.9], np.float32)
+
+    def ours(x):
+        if gamma is None:  # the binary cross-entropy
+            return jnp.sum(jwxent.sigmoid_binary_cross_entropy(x, y))
+        return jnp.sum(jwxent.sigmoid_focal_loss(x, y, alpha=None, gamma=gamma))
+
+    grad, hessian = jax.jit(lambda x: (jax.grad(ours)(x), jax.hessian(ours)(x)))(x)
+    with jax.enable_x64(True):
+        x64, y64 = jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64)
+        power = 0.0 if gamma is None else gamma
+        expected_grad = jax.grad(_float64_focal_sum)(x64, y64, power)
+        expected_hessian = jax.hessian(_float64_focal_sum)(x64, y64, power)
+    subnormal = np.finfo(np.float32).tiny  # XLA flushes subnormal results to 0
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=subnormal)
+    np.testing.assert_allclose(
+        np.diag(hessian), np.diag(expected_hessian), rtol=1e-4, atol=subnormal
+    )
 
 
 @pytest.mark.parametrize("fn", ["sigmoid_binary_cross_entropy", "sigmoid_focal_loss"])
@@ -447,69 +399,9 @@ def test_masked_elements_have_exactly_zero_gradient_even_with_nan(fn):
     assert_close(loss, expected, np.float32)
 
 
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_fully_masked_gives_zero_loss_and_gradient(reduction):
-    logits = jnp.ones((3, 2))
-    f = lambda x: jnp.sum(
-        jwxent.sigmoid_binary_cross_entropy(x, jnp.ones((3, 2)), where=False, reduction=reduction)
-    )
-    loss, grad = jax.jit(jax.value_and_grad(f))(logits)
-    assert loss == 0.0
-    np.testing.assert_array_equal(grad, np.zeros((3, 2)))
-
-
 # ---------------------------------------------------------------------------
 # Transformations.
 # ---------------------------------------------------------------------------
-
-
-def test_jit_vmap_and_grad_of_jit_agree():
-    data = make_inputs((4, 5), seed=16)
-    x, y, c, w = (jnp.asarray(data[k]) for k in ("logits", "soft_labels", "pos_weight", "weights"))
-
-    def f(x, y, w):
-        return jwxent.sigmoid_binary_cross_entropy(
-            x, y, pos_weight=c, weights=w, reduction="weighted_mean"
-        )
-
-    jitted = jax.jit(f)
-    expected = ref.sigmoid_binary_cross_entropy(
-        x, y, pos_weight=c, weights=w, reduction="weighted_mean"
-    )
-    assert_close(jitted(x, y, w), expected, np.float32, terms=20)
-    rows = jax.jit(jax.vmap(f))(x, y, w)
-    assert_close(rows, [jitted(x[i], y[i], w[i]) for i in range(4)], np.float32)
-    assert_close(jax.grad(jitted)(x, y, w), jax.jit(jax.grad(f))(x, y, w), np.float32)
-    focal = lambda x: jnp.sum(jwxent.sigmoid_focal_loss(x, y, 0.25))
-    assert_close(jax.grad(jax.jit(focal))(x), jax.jit(jax.grad(focal))(x), np.float32)
-
-
-def test_checkpoint_and_scan():
-    data = make_inputs((3, 4, 5), seed=17)
-    xs, ys = jnp.asarray(data["logits"]), jnp.asarray(data["labels"])
-
-    def step(carry, xy):
-        x, y = xy
-        loss = jax.checkpoint(lambda x: jwxent.sigmoid_focal_loss(x, y, reduction="sum"))(x)
-        return carry + loss, None
-
-    total = lambda xs: jax.lax.scan(step, jnp.zeros(()), (xs, ys))[0]
-    loss, grad = jax.jit(jax.value_and_grad(total))(xs)
-    expected = lambda xs: jnp.sum(jwxent.sigmoid_focal_loss(xs, ys))
-    expected_loss, expected_grad = jax.jit(jax.value_and_grad(expected))(xs)
-    assert_close(loss, expected_loss, np.float32, terms=60)
-    assert_close(grad, expected_grad, np.float32)
-
-
-def test_no_retrace_for_new_values():
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def f(x, y, c):
-        return jwxent.sigmoid_binary_cross_entropy(x, y, pos_weight=c, reduction="mean")
-
-    for seed in range(3):
-        data = make_inputs((4, 5), seed=seed)
-        f(data["logits"], data["labels"], data["pos_weight"])
 
 
 # ---------------------------------------------------------------------------
