@@ -273,3 +273,19 @@ def test_same_call_twice_gives_same_bits_and_mutates_nothing():
     assert np.asarray(first).tobytes() == np.asarray(second).tobytes()
     for key, value in before.items():
         np.testing.assert_array_equal(d[key], value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["softmax_cross_entropy", "poly_loss_cross_entropy", "softmax_focal_loss"],
+)
+def test_an_empty_class_axis_is_an_empty_sum(name):
+    """optax's masking test selects `logits[mask]`, empty when no class is kept:
+    every loss over no class is 0, with an empty gradient."""
+    logits, labels = np.zeros((3, 0), np.float32), np.zeros((3, 0), np.float32)
+    f = lambda z, q: getattr(jwxent, name)(z, q, z_loss=0.1, reduction="sum")
+    value, (dz, dq) = jax.jit(jax.value_and_grad(f, (0, 1)))(logits, labels)
+    assert float(value) == 0.0 and dz.shape == dq.shape == (3, 0)
+    np.testing.assert_array_equal(getattr(jwxent, name)(logits[0], labels[0]), 0.0)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        getattr(jwxent, name)(logits, labels, label_smoothing=0.1)

@@ -322,7 +322,21 @@ def row_stats(
       `RowStats` of `[...]` arrays in the compute dtype.
     """
     inputs = _Inputs(logits, class_mask, labels, offsets, margins, tuple(targets))
+    if logits.shape[-1] == 0:
+        return _without_classes(with_prob_dots, inputs)
     return _compiled_row_stats(with_prob_dots, generic_active(), inputs)
+
+
+def _without_classes(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
+    """Statistics of rows with no class: every loss is an empty sum, 0 (as optax's).
+
+    `lse` is taken as 0, not −inf, so that `lse · Σ_k t_k` (= 0) and the
+    z-loss stay finite; an integer label cannot be in range, and the
+    label-range check reports it.
+    """
+    zeros = jnp.zeros(inputs.logits.shape[:-1], compute_dtype(inputs.logits.dtype))
+    dots = tuple(zeros for _ in inputs.targets)
+    return RowStats(zeros, zeros, zeros, dots, dots if with_prob_dots else ())
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -52,6 +52,7 @@ from jwxent._numerics import (
 from jwxent._softmax._core import RowStats, Target, row_stats
 from jwxent._softmax._inputs import (
     PreparedLogits,
+    check_smoothing_has_classes,
     check_smoothing_without_class_mask,
     cost_weight,
     prepare_integer_labels,
@@ -347,6 +348,7 @@ def softmax_focal_loss(
     """
     _check_focal_options(gamma, label_smoothing, z_loss, reduction)
     prepared = PreparedLogits(logits, axis, where)
+    check_smoothing_has_classes(label_smoothing, prepared)
     mask = prepared.row_mask
     q = prepare_probability_labels(labels, prepared, mask)
     cw = prepared.class_vector(class_weights, "class_weights")

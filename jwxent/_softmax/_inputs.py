@@ -195,6 +195,12 @@ def check_smoothing_without_class_mask(
         )
 
 
+def check_smoothing_has_classes(label_smoothing: ArrayLike, prepared: PreparedLogits) -> None:
+    """Smoothing spreads `ε` over the classes: an empty class axis has none."""
+    if prepared.num_classes == 0 and not is_static_zero(label_smoothing):
+        raise ValueError("`label_smoothing` needs at least one class; the class axis is empty.")
+
+
 def probability_smoothing(
     prepared: PreparedLogits, class_weights: Array | None
 ) -> tuple[Target, Array]:

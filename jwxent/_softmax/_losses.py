@@ -17,6 +17,7 @@ from jwxent._softmax._core import RowStats, Target, row_stats
 from jwxent._softmax._inputs import (
     IntegerLabels,
     PreparedLogits,
+    check_smoothing_has_classes,
     check_smoothing_without_class_mask,
     cost_weight,
     prepare_integer_labels,
@@ -160,6 +161,7 @@ def _probability_label_loss(
     """
     check_options(label_smoothing, z_loss, reduction)
     prepared = PreparedLogits(logits, axis, where)
+    check_smoothing_has_classes(label_smoothing, prepared)
     mask = prepared.row_mask
     q = prepare_probability_labels(labels, prepared, mask)
     cw = prepared.class_vector(class_weights, "class_weights")
