@@ -20,7 +20,7 @@ is 1 and the loss can be infinite).
 
 Gradients are plain autodiff of the clipped formula, which XLA fuses into one
 elementwise pass: the gradient is 0 with respect to a probability that was
-clipped, as in Keras. No custom VJP is needed because there is no log-sum-exp
+clipped, as in Keras. No custom derivative rule is needed because there is no log-sum-exp
 to stabilise and no large intermediate to avoid.
 """
 

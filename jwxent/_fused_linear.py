@@ -462,18 +462,18 @@ def linear_softmax_cross_entropy(
     gradient of `w` instead of O(tokens × vocab).
 
     With logits $z = \mathrm{cap}(x W + b)$, where the optional soft cap of
-    Gemma 2 is $\mathrm{cap}(u) = c	anh(u / c)$, and the notation of
+    Gemma 2 is $\mathrm{cap}(u) = c\tanh(u / c)$, and the notation of
     `softmax_cross_entropy_with_integer_labels` (logit adjustment $\delta$ and
     label margins $m$ included):
 
     $$
-    \ell = (1-arepsilon)\,c_y\,(-\log p_y)
-      + rac{arepsilon}{V}\sum_k c_k\,(-\log p_k)
-      + \lambda_z\,c_y\,igl(\log	extstyle\sum_k e^{	ilde z_k}igr)^2 ,
-      \qquad p = \mathrm{softmax}(	ilde z),
+    \ell = (1-\varepsilon)\,c_y\,(-\log p_y)
+      + \frac{\varepsilon}{V}\sum_k c_k\,(-\log p_k)
+      + \lambda_z\,c_y\,\bigl(\log\textstyle\sum_k e^{\tilde z_k}\bigr)^2 ,
+      \qquad p = \mathrm{softmax}(\tilde z),
     $$
 
-    weighted by $w = 	ext{weights}\cdot c_y$ and combined by `reduction`.
+    weighted by $w = \text{weights}\cdot c_y$ and combined by `reduction`.
 
     Args:
       x: `[*batch, hidden]` floating-point features (the last hidden state).
@@ -485,7 +485,7 @@ def linear_softmax_cross_entropy(
       where: bool mask broadcastable to `[*batch]`; masked examples give
         exactly 0 loss and 0 gradient.
       ignore_index: examples with this label are masked (PyTorch).
-      label_smoothing: $arepsilon \in [0, 1)$, PyTorch semantics (may be traced).
+      label_smoothing: $\varepsilon \in [0, 1)$, PyTorch semantics (may be traced).
       z_loss: $\lambda_z \ge 0$, adds $\lambda_z\,c_y\,\mathrm{lse}^2$ per
         example (may be traced).
       logit_soft_cap: $c > 0$ of the Gemma 2 logit soft cap, or None (may be
@@ -495,7 +495,9 @@ def linear_softmax_cross_entropy(
       reduction: `"none"`, `"sum"`, `"mean"`, `"weighted_mean"` or
         `"sum_by_nonzero_weights"`.
       chunk_size: tokens per chunk of the `"chunked"` implementation (None:
-        about 2²³ logits per chunk, a multiple of 8 tokens). Ignored by `"xla"`.
+        about 2²² logits and at most 1/16 of the tokens per chunk, at least
+        8 tokens, preferably a multiple of 8 that divides the tokens).
+        Ignored by `"xla"`.
       implementation: `"chunked"` (the default for None) or `"xla"` (the
         unfused `x @ w` then the softmax loss, for reference).
 

@@ -388,8 +388,8 @@ def sigmoid_focal_loss(
       labels: targets in [0, 1], broadcastable with `logits`.
       alpha: weight of the positive class in (0, 1), a scalar or an array
         broadcastable to the loss shape; None for no class balancing.
-      gamma: focusing exponent $\gamma \ge 0$, a Python number (static under
-        `jit`); $\gamma = 0$ gives the (alpha-weighted) cross-entropy.
+      gamma: focusing exponent $\gamma \ge 0$, a Python number or a (traced)
+        scalar array; $\gamma = 0$ gives the (alpha-weighted) cross-entropy.
       weights: per-element multiplier broadcastable to the loss shape.
       where: bool mask broadcastable to the loss shape; masked elements give
         exactly 0 loss and 0 gradient.

@@ -454,3 +454,17 @@ def test_everything_ignored_gives_zero_not_nan():
     )(LOGITS)
     assert float(loss) == 0.0
     assert not np.any(np.asarray(grad))
+
+
+def test_no_control_characters_in_sources_and_docs():
+    """A docstring edited through a non-raw string turns `\\tanh` into a TAB and
+    `\\frac` into a form feed, which breaks the API page's maths silently."""
+    control = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\t]")
+    files = [*ROOT.glob("jwxent/**/*.py"), *DOCS.glob("*.md"), ROOT / "README.md"]
+    bad = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in files
+        for n, line in enumerate(p.read_text().split("\n"), 1)
+        if control.search(line)
+    ]
+    assert not bad, bad
