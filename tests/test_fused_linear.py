@@ -1,5 +1,7 @@
 """Fused linear + softmax cross-entropy: the unfused loss in float64, memory, errors."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -284,6 +286,31 @@ def test_temp_memory_does_not_grow_with_tokens():
     # Only per-token vectors grow (and the chunked copy of `x`), not the logits.
     per_token = 4096 * (64 + 16) * 4
     assert large <= small + per_token, (small, large)
+
+
+def test_four_million_tokens_lower_without_any_array_past_the_inputs():
+    """4M tokens × 8k hidden × 32k vocabulary: `x` alone has 2^35 elements, past
+    int32. The program lowers (nothing allocated), every array larger than
+    2^31 elements is `x`, `dx` or a view of them, and the logits exist only a
+    chunk at a time."""
+    tokens, hidden, vocab = 4 * 2**20, 8192, 32000
+    x = jax.ShapeDtypeStruct((tokens, hidden), jnp.bfloat16)
+    w = jax.ShapeDtypeStruct((hidden, vocab), jnp.bfloat16)
+    labels = jax.ShapeDtypeStruct((tokens,), jnp.int32)
+
+    def loss(x, w, labels):
+        return jwxent.linear_softmax_cross_entropy(x, w, labels, reduction="mean")
+
+    text = jax.jit(jax.value_and_grad(loss, (0, 1))).trace(x, w, labels).lower().as_text()
+    sizes = {
+        int(np.prod([int(d) for d in dims.split("x")]))
+        for dims in re.findall(r"tensor<((?:\d+x)+)[a-z]", text)
+        for dims in [dims.rstrip("x")]
+    }
+    assert max(sizes) == tokens * hidden
+    assert {n for n in sizes if n > 2**31} == {tokens * hidden}
+    # Nothing with a vocabulary axis is larger than `w`: no `[tokens, vocab]` logits.
+    assert not [n for n in sizes if n % vocab == 0 and n > hidden * vocab]
 
 
 # ---------------------------------------------------------------------------
