@@ -10,7 +10,7 @@ from jwxent._class_weights import class_weights_from_counts as class_weights_fro
 from jwxent._class_weights import cost_matrix_from_class_weights as cost_matrix_from_class_weights
 from jwxent._from_probs import binary_cross_entropy as binary_cross_entropy
 from jwxent._from_probs import categorical_cross_entropy as categorical_cross_entropy
-from jwxent._fused_linear import linear_softmax_cross_entropy as linear_softmax_cross_entropy
+from jwxent._fused_linear._loss import linear_softmax_cross_entropy as linear_softmax_cross_entropy
 from jwxent._long_tail import deferred_reweighting as deferred_reweighting
 from jwxent._long_tail import ldam_margins as ldam_margins
 from jwxent._long_tail import logit_adjustment_from_counts as logit_adjustment_from_counts

@@ -1,0 +1,104 @@
+"""How the fused loss cuts the tokens into chunks: a static plan and its views.
+
+Chunk `c` holds the *strided* tokens `i·num_chunks + c`: `[tokens, ...]` is
+viewed as `[chunk, num_chunks, ...]` by a reshape, without a copy. With the
+tokens sharded over devices, that sharding lands on the within-chunk axis, so
+every device works on its own rows of every chunk.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import AxisType
+
+from jwxent._typing import Array
+
+# A chunk of about 2^22 float32 logits (16 MiB) and at most 1/16 of the
+# tokens, at least 8 tokens.
+_CHUNK_ELEMENTS = 2**22
+_MIN_NUM_CHUNKS = 16
+_MIN_CHUNK = 8
+# The weight gradient of a chunk is added this many blocks of hidden rows at a time.
+
+# ---------------------------------------------------------------------------
+# How the tokens are cut into chunks.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static layout of the token chunks.
+
+    Attributes:
+      num_tokens: tokens before padding.
+      chunk: tokens per chunk (`t`).
+      num_chunks: number of chunks; `chunk·num_chunks >= num_tokens`.
+    """
+
+    num_tokens: int
+    chunk: int
+    num_chunks: int
+
+    @property
+    def padding(self) -> int:
+        return self.chunk * self.num_chunks - self.num_tokens
+
+
+def make_plan(num_tokens: int, vocab: int, chunk_size: int | None) -> Plan:
+    """Chunks of `chunk_size` tokens or about `_CHUNK_ELEMENTS` logits, evenly filled.
+
+    By default a chunk of a multiple of 8 tokens that divides the tokens is
+    preferred (no padding: XLA:CPU pads and reorders bf16 arrays in float32,
+    which would write out a float32 copy of `x`), down to half the target.
+    """
+    by_memory = _CHUNK_ELEMENTS // max(vocab, 1)
+    target = chunk_size or max(_MIN_CHUNK, min(by_memory, -(-num_tokens // _MIN_NUM_CHUNKS)))
+    if chunk_size is None and num_tokens:
+        for chunk in range(target - target % _MIN_CHUNK, target // 2, -_MIN_CHUNK):
+            if chunk and num_tokens % chunk == 0:
+                return Plan(num_tokens, chunk, num_tokens // chunk)
+    num_chunks = max(1, math.ceil(num_tokens / max(target, 1)))
+    chunk = math.ceil(num_tokens / num_chunks)
+    if chunk_size is None and num_chunks > 1:
+        chunk = -(-chunk // _MIN_CHUNK) * _MIN_CHUNK  # a multiple of 8 divides among devices
+    return Plan(num_tokens, max(chunk, 1), num_chunks)
+
+
+def chunked(a: Array, plan: Plan, fill: bool | int = 0) -> Array:
+    """`[tokens, ...]` -> `[chunk, num_chunks, ...]`; chunk `c` is `[:, c]`, the tokens
+    `i·num_chunks + c`. A reshape, no copy (but padding tokens, which are `fill`).
+    """
+    if plan.padding:
+        a = jnp.concatenate([a, jnp.full((plan.padding, *a.shape[1:]), fill, a.dtype)])
+    return a.reshape(plan.chunk, plan.num_chunks, *a.shape[1:])
+
+
+def unchunked(a: Array, plan: Plan) -> Array:
+    """The inverse of `_chunked` for per-token results."""
+    return a.reshape(plan.chunk * plan.num_chunks, *a.shape[2:])[: plan.num_tokens]
+
+
+def take_chunk(views, c: Array):
+    """Chunk `c` of every `[chunk, num_chunks, ...]` view in a pytree (None stays)."""
+    return jax.tree.map(lambda v: lax.dynamic_index_in_dim(v, c, axis=1, keepdims=False), views)
+
+
+def write_chunk(view: Array, part: Array, c: Array) -> Array:
+    """`view` with chunk `c` replaced by `part` (in place inside a loop)."""
+    update = lax.expand_dims(part.astype(view.dtype), (1,))
+    sharding = explicit_sharding(view)
+    if sharding is not None:
+        update = jax.sharding.reshard(update, sharding)
+    return lax.dynamic_update_index_in_dim(view, update, c, axis=1)
+
+
+def explicit_sharding(like: Array) -> jax.sharding.NamedSharding | None:
+    """The sharding of `like` when its mesh has `Explicit` axes (sharding in types)."""
+    sharding = jax.typeof(like).sharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or AxisType.Explicit not in mesh.axis_types:
+        return None
+    return sharding

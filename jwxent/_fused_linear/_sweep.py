@@ -1,0 +1,281 @@
+"""The chunk sweep of the fused linear loss and its derivative rules.
+
+`linear_softmax_cross_entropy(x, w, labels)` is
+`softmax_cross_entropy_with_integer_labels(x @ w + bias, labels)` without the
+`[tokens, vocab]` logits. The tokens are cut into chunks of `t` rows; each
+chunk's `[t, vocab]` logits are made, used and dropped. Per chunk, the loss is
+exactly the integer-label pipeline of the softmax losses (`_softmax._core`
+statistics, `_softmax._losses.integer_label_loss`), so every keyword means the
+same thing here.
+
+Scalar reductions go through `weighted_sum`, a `jax.custom_jvp` of
+`S = Σ_b v_b·ℓ_b` (`v` the reduction's coefficient of each example). Its value
+alone costs one matmul per chunk. Its JVP rule sweeps the chunks once and,
+while a chunk's logits exist, takes their gradient from the softmax core and
+turns it into `dx = dz @ wᵀ` and `dw += xᵀ @ dz`: three matmuls in all, where
+recomputing the logits in a backward pass costs four. The tangent is then
+`⟨G_x, dx⟩ + ⟨G_w, dw⟩ + …`, which reverse mode transposes into a scaling of the
+stored gradients, and forward mode evaluates as it is.
+
+`reduction="none"` returns one loss per token, so no single gradient can be
+formed ahead; it is a plain `lax.scan` over chunks with a checkpointed body
+(the logits are recomputed in the backward pass: four matmuls).
+
+Chunk `c` holds the *strided* tokens `i·num_chunks + c`: with the tokens
+sharded over devices, that sharding lands on the within-chunk axis, so every
+device works on its own rows of every chunk. With `w` sharded along the
+vocabulary, each device computes its columns of the chunk's logits, and only
+`[t]` statistics and `[t, hidden]` partial products cross devices.
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+from jwxent._fused_linear._chunks import (
+    Plan,
+    explicit_sharding,
+    take_chunk,
+    unchunked,
+    write_chunk,
+)
+from jwxent._numerics import compute_dtype
+from jwxent._platform import by_platform
+from jwxent._softmax._core import Target, row_stats
+from jwxent._softmax._inputs import IntegerLabels
+from jwxent._softmax._losses import integer_label_loss
+from jwxent._softmax._passes import take_class
+from jwxent._typing import Array
+
+# The weight gradient of a chunk is added this many blocks of hidden rows at a time.
+_WEIGHT_BLOCKS = 8
+
+# ---------------------------------------------------------------------------
+# One chunk.
+# ---------------------------------------------------------------------------
+
+
+class Shared(NamedTuple):
+    """Inputs that every chunk reads whole (all differentiable but `plan`-free)."""
+
+    w: Array
+    bias: Array | None
+    class_weights: Array | None
+    offsets: Array | None
+    margins: Array | None
+    label_smoothing: Array | None
+    z_loss: Array | None
+    soft_cap: Array | None
+
+
+class Rows(NamedTuple):
+    """Per-token inputs of one chunk (or of all chunks, with a leading chunk axis)."""
+
+    x: Array
+    labels: Array
+    valid: Array
+    coefficients: Array
+
+
+def _transposed_sharding(like: Array) -> jax.sharding.NamedSharding | None:
+    """The explicit sharding of `like.T` for a 2-D `like` (None without explicit axes)."""
+    sharding = explicit_sharding(like)
+    if sharding is None:
+        return None
+    return jax.sharding.NamedSharding(sharding.mesh, jax.P(*reversed(tuple(sharding.spec))))
+
+
+def _matmul(a: Array, b: Array, like: Array, dtype: jnp.dtype) -> Array:
+    """`a @ b` accumulated in `dtype`, sharded like `like` under sharding in types."""
+    return jnp.matmul(a, b, preferred_element_type=dtype, out_sharding=explicit_sharding(like))
+
+
+def capped(u: Array, soft_cap: Array | None) -> Array:
+    return u if soft_cap is None else soft_cap * jnp.tanh(u / soft_cap)
+
+
+def _row_losses(u: Array, rows: Rows, shared: Shared) -> Array:
+    """`[t]` losses of one chunk from its uncapped logits `u` (the softmax pipeline)."""
+    dtype = u.dtype
+    z = capped(u, None if shared.soft_cap is None else shared.soft_cap.astype(dtype))
+    cw = shared.class_weights
+    labels = IntegerLabels(
+        labels=rows.labels,
+        valid=rows.valid,
+        mask=None,
+        class_weights=cw,
+        label_weight=None if cw is None else take_class(cw, rows.labels),
+    )
+    smoothing = None if shared.label_smoothing is None else Target(None, cw)
+    stats = row_stats(
+        z,
+        labels=rows.labels,
+        offsets=shared.offsets,
+        margins=shared.margins,
+        targets=() if smoothing is None else (smoothing,),
+    )
+    return integer_label_loss(
+        stats,
+        labels,
+        num_classes=z.shape[-1],
+        label_smoothing=0.0 if shared.label_smoothing is None else shared.label_smoothing,
+        z_loss=0.0 if shared.z_loss is None else shared.z_loss,
+    )
+
+
+def _uncapped_logits(x: Array, shared: Shared) -> Array:
+    dtype = compute_dtype(x.dtype)
+    u = jnp.matmul(x, shared.w, preferred_element_type=dtype)
+    if shared.bias is not None:
+        u = u + shared.bias.astype(dtype)[None, :]
+    return u
+
+
+def _chunk_sum(rows: Rows, shared: Shared) -> Array:
+    """`Σ_b v_b·ℓ_b` over one chunk (one matmul)."""
+    losses = _row_losses(_uncapped_logits(rows.x, shared), rows, shared)
+    return jnp.sum(rows.coefficients * losses)
+
+
+def _chunk_sum_and_grads(rows: Rows, shared: Shared):
+    """`Σ_b v_b·ℓ_b` over one chunk and its gradients: three matmuls.
+
+    The loss is differentiated with respect to the chunk's logits (and the
+    small per-class inputs) by the softmax core; `dx` and `dw` are then
+    formed here with matmul operands in the inputs' dtype and float32
+    accumulation.
+    """
+    dtype = compute_dtype(rows.x.dtype)
+    u = _uncapped_logits(rows.x, shared)
+    small = shared._replace(w=None, bias=None)
+
+    def loss_of_logits(u, coefficients, small):
+        losses = _row_losses(u, rows._replace(coefficients=coefficients), small)
+        return jnp.sum(coefficients * losses), losses
+
+    grad = jax.grad(loss_of_logits, argnums=(0, 1, 2), has_aux=True)
+    (du, d_coefficients, d_small), losses = grad(u, rows.coefficients, small)
+    value = jnp.sum(rows.coefficients * losses)
+    du_in = du.astype(rows.x.dtype)
+    # `(w @ duᵀ)ᵀ` rather than `du @ wᵀ`: XLA:CPU would otherwise write a
+    # transposed copy of all of `w`; this way it transposes one chunk of `du`.
+    dx = lax.dot_general(
+        shared.w,
+        du_in,
+        (((1,), (1,)), ((), ())),
+        preferred_element_type=dtype,
+        out_sharding=_transposed_sharding(rows.x),
+    ).T.astype(rows.x.dtype)
+    d_shared = d_small._replace(bias=None if shared.bias is None else jnp.sum(du, axis=0))
+    return value, Rows(dx, None, None, d_coefficients), d_shared, du  # type: ignore[arg-type]
+
+
+def _transposed_apart(x: Array) -> Array:
+    """`xᵀ` behind a barrier (XLA:CPU only).
+
+    XLA:CPU folds a transpose into a product, and its library product takes
+    half precision only for a row-major left operand; folded, the product of
+    bf16 `xᵀ` runs on float32 converts, and the convert of `x` is moved in
+    front of the loop's slice: a float32 copy of all of `x` (32 MiB at
+    8192 × 1024, an eighth of the loss's bf16 temporaries).
+    """
+    if x.dtype == compute_dtype(x.dtype):
+        return x.T  # a float32 product folds the transpose at no cost
+    return lax.optimization_barrier(x.T)
+
+
+def _add_weight_gradient(dw: Array, x: Array, du: Array) -> Array:
+    """`dw + xᵀ @ du` for `[hidden, vocab]` `dw`, a block of hidden rows at a time.
+
+    One `[hidden, vocab]` product would be a second gradient-sized buffer next
+    to the accumulator; a block of rows of it is a fraction of one, added in
+    place. Blocks of the hidden axis leave the vocabulary axis whole, so `w`
+    may be sharded along it. The operands are in the inputs' dtype (a float32
+    `x` would be hoisted out of the loop as a float32 copy of all of `x`), the
+    product accumulates in float32.
+    """
+    hidden = dw.shape[0]
+    rows = -(-hidden // _WEIGHT_BLOCKS)
+    x_t = by_platform(x, cpu=_transposed_apart, default=jnp.transpose)
+    for start in range(0, hidden, rows):
+        stop = min(start + rows, hidden)
+        block = lax.slice_in_dim(dw, start, stop, axis=0)
+        part = _matmul(lax.slice_in_dim(x_t, start, stop, axis=0), du, block, dw.dtype)
+        dw = lax.dynamic_update_slice_in_dim(dw, block + part, start, axis=0)
+    return dw
+
+
+# ---------------------------------------------------------------------------
+# Scalar reductions: the custom-JVP weighted sum.
+# ---------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def weighted_sum(plan: Plan, rows: Rows, shared: Shared) -> Array:
+    """`Σ_b v_b·ℓ_b` over every chunk; `rows` are `[chunk, num_chunks, ...]` views."""
+
+    def body(c, total):
+        return total + _chunk_sum(take_chunk(rows, c), shared)
+
+    zero = jnp.zeros((), compute_dtype(rows.x.dtype))
+    return lax.fori_loop(0, plan.num_chunks, body, zero)
+
+
+def _weighted_sum_jvp(plan, primals, tangents):
+    rows, shared = primals
+    d_rows, d_shared = tangents
+    value, grads = _value_and_grads(plan, rows, shared)
+    # Products in the inputs' dtype, sums in the loss's: reverse mode then scales
+    # each stored gradient in its own dtype, with no float32 copy of a bf16 one.
+    terms = [
+        jnp.sum((g.astype(d.dtype) * d).astype(value.dtype))
+        for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves((d_rows, d_shared)), strict=True)
+        if not isinstance(d, SymbolicZero) and jnp.issubdtype(d.dtype, jnp.inexact)
+    ]
+    tangent = functools.reduce(jnp.add, terms) if terms else SymbolicZero(jax.typeof(value))
+    return value, tangent
+
+
+def _value_and_grads(plan: Plan, rows: Rows, shared: Shared):
+    """The value and the gradients of every input, in one sweep over the chunks."""
+    dtype = compute_dtype(rows.x.dtype)
+    zeros = jax.tree.map(lambda a: jnp.zeros_like(a, dtype=dtype), shared)
+    d_views = (jnp.zeros_like(rows.x), jnp.zeros_like(rows.coefficients))
+
+    def body(c, carry):
+        total, d_shared, (dx, d_coefficients) = carry
+        chunk_rows = take_chunk(rows, c)
+        value, d_rows, d_chunk, du = _chunk_sum_and_grads(chunk_rows, shared)
+        dw = _add_weight_gradient(d_shared.w, chunk_rows.x, du.astype(chunk_rows.x.dtype))
+        d_shared = jax.tree.map(jnp.add, d_shared._replace(w=None), d_chunk)._replace(w=dw)
+        d_views = (
+            write_chunk(dx, d_rows.x, c),
+            write_chunk(d_coefficients, d_rows.coefficients, c),
+        )
+        return total + value, d_shared, d_views
+
+    init = (jnp.zeros((), dtype), zeros, d_views)
+    total, d_shared, (dx, d_coefficients) = lax.fori_loop(0, plan.num_chunks, body, init)
+    return total, (rows._replace(x=dx, coefficients=d_coefficients), d_shared)
+
+
+weighted_sum.defjvp(_weighted_sum_jvp, symbolic_zeros=True)
+
+
+def per_token(plan: Plan, rows: Rows, shared: Shared) -> Array:
+    """`[tokens]` losses for `reduction="none"`: a loop over chunks, each checkpointed."""
+
+    @jax.checkpoint
+    def chunk_losses(chunk_rows):
+        return _row_losses(_uncapped_logits(chunk_rows.x, shared), chunk_rows, shared)
+
+    def body(c, losses):
+        return write_chunk(losses, chunk_losses(take_chunk(rows, c)), c)
+
+    dtype = compute_dtype(rows.x.dtype)
+    losses = lax.fori_loop(0, plan.num_chunks, body, jnp.zeros_like(rows.coefficients, dtype))
+    return unchunked(losses, plan)
