@@ -74,6 +74,21 @@ def test_bf16_soft_labels_keep_at_most_one_float32_targets_buffer():
     assert temp < 1.25 * F32_LOGITS_BYTES, f"{temp} bytes of temporaries"
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_forward_with_class_weights_keeps_no_targets_buffer(dtype):
+    """The loss alone (evaluation) of probability labels with class weights, at
+    8192 × 32000 (compiled from shapes, never run): `Σ_k q_k·c_k` is a
+    matrix-vector product, so XLA cannot share a `q·c` product with the core's
+    target dot and write it out."""
+    batch, classes = SHAPES["8192x32000"].logits_shape
+    z = jax.ShapeDtypeStruct((batch, classes), dtype)
+    q = jax.ShapeDtypeStruct((batch, classes), jnp.float32)
+    cw = jax.ShapeDtypeStruct((classes,), jnp.float32)
+    loss = lambda z, q, cw: JWXENT_LOSSES["soft_class_weights"](z, None, cw, q)
+    compiled = jax.jit(loss).lower(z, q, cw).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes <= 64 * batch
+
+
 def test_bf16_optax_does_keep_float32_logits():
     """The bound above can fail: optax's autodiff holds float32 logits-sized temporaries."""
     z, y, cw, q = _inputs(jnp.bfloat16)

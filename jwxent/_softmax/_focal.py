@@ -55,6 +55,7 @@ from jwxent._softmax._inputs import (
     check_smoothing_has_classes,
     check_smoothing_without_class_mask,
     cost_weight,
+    expected_class_weight,
     prepare_integer_labels,
     prepare_probability_labels,
     probability_smoothing,
@@ -364,9 +365,7 @@ def softmax_focal_loss(
     if smoothed:
         epsilon = hyperparameter(label_smoothing, prepared.dtype)
         loss = (1.0 - epsilon) * loss + (epsilon / prepared.num_classes) * sums[1]
-    label_weight = (
-        None if cw is None else jnp.sum(q.astype(prepared.dtype) * expand_rank(cw, q.ndim), axis=-1)
-    )
+    label_weight = expected_class_weight(q, cw, prepared.dtype)
     if not is_static_zero(z_loss):
         penalty = hyperparameter(z_loss, prepared.dtype) * jnp.square(stats.lse)
         loss = loss + _reduction.scale(penalty, label_weight)

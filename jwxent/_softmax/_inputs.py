@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jwxent import _checks, _reduction
 from jwxent._numerics import compute_dtype, expand_rank, is_static_zero
@@ -193,6 +194,17 @@ def check_smoothing_without_class_mask(
             "`label_smoothing` with integer labels cannot be combined with a logits-shaped "
             "`where`; smooth probability labels instead."
         )
+
+
+def expected_class_weight(q: Array, class_weights: Array | None, dtype: jnp.dtype) -> Array | None:
+    """`Σ_k q_k·c_k` per row (None without class weights), as a matrix-vector product.
+
+    Written as a row sum of `q·c`, XLA would share that product with the core's
+    target `q·c` and write it out: a `[batch, classes]` float32 array.
+    """
+    if class_weights is None:
+        return None
+    return jnp.matmul(q.astype(dtype), class_weights.astype(dtype), precision=lax.Precision.HIGHEST)
 
 
 def check_smoothing_has_classes(label_smoothing: ArrayLike, prepared: PreparedLogits) -> None:

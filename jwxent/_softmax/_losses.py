@@ -12,7 +12,7 @@ need no special case.
 import jax.numpy as jnp
 
 from jwxent import _checks, _reduction
-from jwxent._numerics import expand_rank, hyperparameter, is_static_zero
+from jwxent._numerics import hyperparameter, is_static_zero
 from jwxent._softmax._core import RowStats, Target, row_stats
 from jwxent._softmax._inputs import (
     IntegerLabels,
@@ -20,6 +20,7 @@ from jwxent._softmax._inputs import (
     check_smoothing_has_classes,
     check_smoothing_without_class_mask,
     cost_weight,
+    expected_class_weight,
     prepare_integer_labels,
     prepare_probability_labels,
     probability_smoothing,
@@ -175,9 +176,7 @@ def _probability_label_loss(
         z, class_mask=class_mask, offsets=offsets, targets=targets, with_prob_dots=with_poly
     )
     dtype = prepared.dtype
-    label_weight = (
-        None if cw is None else jnp.sum(q.astype(dtype) * expand_rank(cw, q.ndim), axis=-1)
-    )
+    label_weight = expected_class_weight(q, cw, dtype)
     mass = jnp.sum(q, axis=-1, dtype=dtype) if label_weight is None else label_weight
     loss = stats.lse * mass - stats.dots[0]
     poly = None if not with_poly else mass - stats.prob_dots[0]
