@@ -20,7 +20,7 @@ from jax import lax
 from jwxent import _checks, _reduction
 from jwxent._numerics import compute_dtype, expand_rank, is_static_zero
 from jwxent._softmax._core import Target
-from jwxent._softmax._passes import masked, take_class
+from jwxent._softmax._passes import class_axis_is_sharded, masked, take_class
 from jwxent._typing import Array, ArrayLike, Axis
 
 
@@ -204,7 +204,10 @@ def expected_class_weight(q: Array, class_weights: Array | None, dtype: jnp.dtyp
     """
     if class_weights is None:
         return None
-    return jnp.matmul(q.astype(dtype), class_weights.astype(dtype), precision=lax.Precision.HIGHEST)
+    q, class_weights = q.astype(dtype), class_weights.astype(dtype)
+    if class_axis_is_sharded(q):  # a product over a sharded axis needs an output sharding
+        return jnp.sum(q * expand_rank(class_weights, q.ndim), axis=-1)
+    return jnp.matmul(q, class_weights, precision=lax.Precision.HIGHEST)
 
 
 def check_smoothing_has_classes(label_smoothing: ArrayLike, prepared: PreparedLogits) -> None:
