@@ -193,19 +193,26 @@ def _add_weight_gradient(dw: Array, x: Array, du: Array) -> Array:
 
     One `[hidden, vocab]` product would be a second gradient-sized buffer next
     to the accumulator; a block of rows of it is a fraction of one, added in
-    place. Blocks of the hidden axis leave the vocabulary axis whole, so `w`
-    may be sharded along it. The operands are in the inputs' dtype (a float32
-    `x` would be hoisted out of the loop as a float32 copy of all of `x`), the
+    place. The blocks run in a loop: unrolled, XLA computes every block's
+    product before the first update, and all of them are alive at once.
+    Blocks of the hidden axis leave the vocabulary axis whole, so `w` may be
+    sharded along it. The operands are in the inputs' dtype (a float32 `x`
+    would be hoisted out of the loop as a float32 copy of all of `x`), the
     product accumulates in float32.
     """
     hidden = dw.shape[0]
     rows = -(-hidden // _WEIGHT_BLOCKS)
     x_t = by_platform(x, cpu=_transposed_apart, default=jnp.transpose)
-    for start in range(0, hidden, rows):
-        stop = min(start + rows, hidden)
-        block = lax.slice_in_dim(dw, start, stop, axis=0)
-        part = _matmul(lax.slice_in_dim(x_t, start, stop, axis=0), du, block, dw.dtype)
-        dw = lax.dynamic_update_slice_in_dim(dw, block + part, start, axis=0)
+
+    def add_block(start, dw, size=rows):
+        block = lax.dynamic_slice_in_dim(dw, start, size, axis=0)
+        part = _matmul(lax.dynamic_slice_in_dim(x_t, start, size, axis=0), du, block, dw.dtype)
+        return lax.dynamic_update_slice_in_dim(dw, block + part, start, axis=0)
+
+    full_blocks = hidden // rows
+    dw = lax.fori_loop(0, full_blocks, lambda b, dw: add_block(b * rows, dw), dw)
+    if hidden % rows:  # the last, shorter block
+        dw = add_block(full_blocks * rows, dw, size=hidden % rows)
     return dw
 
 
