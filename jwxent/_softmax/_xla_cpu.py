@@ -146,8 +146,22 @@ def _clamped_dot(
     The floor is −inf where `t > 0` (so `t·(−inf)` stays −inf) and the lowest
     finite value where `t = 0` (so `0·(−inf)` becomes 0). Only arithmetic that
     XLA:CPU fuses into its row reduction: a `where` there would be written out
-    as a `[batch, classes]` array.
+    as a `[batch, classes]` array. Long rows are summed in pieces, as in
+    `_sum_exp`.
     """
+    # A class axis sharded in types is not reshaped: its pieces would be resharded.
+    pieces = 1 if _passes.class_axis_is_sharded(z) else _row_pieces(z.shape[-1])
+    if pieces > 1:
+        split = [None if a is None else a.reshape(*a.shape[:-1], pieces, -1) for a in (z, rows)]
+        split_classes = [None if a is None else a.reshape(pieces, -1) for a in (offsets, classes)]
+        (z, rows), (offsets, classes) = lax.optimization_barrier((split, split_classes))
+        return jnp.sum(lax.optimization_barrier(_clamped_sum(z, offsets, rows, classes)), axis=-1)
+    return _clamped_sum(z, offsets, rows, classes)
+
+
+def _clamped_sum(
+    z: Array, offsets: Array | None, rows: Array | None, classes: Array | None
+) -> Array:
     dtype = compute_dtype(z.dtype)
     t = _passes.target_values(rows, classes, z.ndim, dtype)
     floor = jnp.finfo(dtype).min / (1 - jnp.sign(t))
