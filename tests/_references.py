@@ -13,6 +13,8 @@ is (the double-`where` trick around `0·log 0`). Class axis last everywhere;
 class mask (optax), like jwxent's.
 """
 
+from typing import Any, NamedTuple
+
 import numpy as np
 
 # ---------------------------------------------------------------------------
@@ -141,6 +143,39 @@ def _one_hot(y, num_classes, xp):
     return xp.arange(num_classes, dtype=y.dtype) == y[..., None]
 
 
+class _IntegerLabels(NamedTuple):
+    """What the integer-label references share: the valid labels and the softmax."""
+
+    mask: Any  # the examples that count (`where`, `ignore_index`)
+    y: Any  # the labels, 0 where masked
+    hits: Any  # the one-hot of `y`
+    zt: Any  # the adjusted logits, the label's own lowered by its margin
+    lse: Any  # their log-sum-exp over the classes in the softmax
+
+    @staticmethod
+    def of(logits, labels, where, class_mask, ignore_index, logit_adjustment, label_margins, xp):
+        labels = xp.asarray(labels)
+        s = _Softmax(logits, labels.shape, where, class_mask, xp)
+        mask = s.mask
+        if ignore_index is not None:
+            mask = mask & (labels != ignore_index)
+        y = xp.where(mask, labels, 0)
+        hits = _one_hot(y, s.num_classes, xp)
+        zt = s.adjusted(logit_adjustment)
+        if label_margins is not None:
+            zt = zt - xp.where(hits, _f64(label_margins, xp)[y][..., None], 0.0)
+        return s, _IntegerLabels(mask, y, hits, zt, logsumexp(zt, s.rows_class_mask, xp=xp))
+
+    def finish(self, s, loss, cw, weights, cost_matrix, z_loss, reduction):
+        """Adds the z-loss `λ·c_y·lse²`, weights by `s·M[y, argmax]` and reduces."""
+        xp, cw_y = s.xp, cw[self.y]
+        loss = loss + z_loss * cw_y * self.lse**2
+        example_weight = s.example_weight(weights, self.y.shape)
+        if cost_matrix is not None:
+            example_weight = example_weight * _f64(cost_matrix, xp)[self.y, s.predicted()]
+        return reduce(example_weight * loss, reduction, self.mask, example_weight * cw_y, xp=xp)
+
+
 def softmax_cross_entropy_with_integer_labels(
     logits,
     labels,
@@ -165,30 +200,16 @@ def softmax_cross_entropy_with_integer_labels(
     the label's logit is taken from the logits as given even where a class
     mask leaves its class out (optax).
     """
-    labels = xp.asarray(labels)
-    s = _Softmax(logits, labels.shape, where, class_mask, xp)
-    mask = s.mask
-    if ignore_index is not None:
-        mask = mask & (labels != ignore_index)
-    y = xp.where(mask, labels, 0)
-    hits = _one_hot(y, s.num_classes, xp)
-    zt = s.adjusted(logit_adjustment)
-    if label_margins is not None:
-        margin = _f64(label_margins, xp)[y]
-        zt = zt - xp.where(hits, margin[..., None], 0.0)
-    lse = logsumexp(zt, s.rows_class_mask, xp=xp)
-    picked = xp.sum(xp.where(hits, zt, 0.0), axis=-1)
+    s, labelled = _IntegerLabels.of(
+        logits, labels, where, class_mask, ignore_index, logit_adjustment, label_margins, xp
+    )
+    picked = xp.sum(xp.where(labelled.hits, labelled.zt, 0.0), axis=-1)
     cw = s.class_weights(class_weights)
-    cw_y = cw[y]
-    loss = (1.0 - label_smoothing) * cw_y * (lse - picked)
+    loss = (1.0 - label_smoothing) * cw[labelled.y] * (labelled.lse - picked)
     if _present(label_smoothing):
-        smooth = xp.sum(_rows(cw, zt.ndim, xp) * (lse[..., None] - zt), axis=-1)
+        smooth = xp.sum(_rows(cw, s.z.ndim, xp) * (labelled.lse[..., None] - labelled.zt), axis=-1)
         loss = loss + label_smoothing / s.num_classes * smooth
-    loss = loss + z_loss * cw_y * lse**2
-    example_weight = s.example_weight(weights, labels.shape)
-    if cost_matrix is not None:
-        example_weight = example_weight * _f64(cost_matrix, xp)[y, s.predicted()]
-    return reduce(example_weight * loss, reduction, mask, example_weight * cw_y, xp=xp)
+    return labelled.finish(s, loss, cw, weights, cost_matrix, z_loss, reduction)
 
 
 def _probability_targets(s, labels, class_weights, label_smoothing):
@@ -200,6 +221,20 @@ def _probability_targets(s, labels, class_weights, label_smoothing):
     spread = xp.ones(s.z.shape) if s.class_mask is None else xp.where(s.class_mask, 1.0, 0.0)
     q_smooth = (1.0 - label_smoothing) * q + label_smoothing / s.num_classes * spread
     return q, _rows(s.class_weights(class_weights), s.z.ndim, xp) * q_smooth
+
+
+def _probability_finish(s, loss, q, zt, class_weights, weights, cost_matrix, z_loss, reduction):
+    """Adds the z-loss `λ·(Σ_k c_k q_k)·lse²`, weights by `s·Σ_y q_y M[y, argmax]`, reduces."""
+    xp = s.xp
+    label_weight = xp.ones(s.mask.shape, xp.float64)
+    if class_weights is not None:
+        label_weight = xp.sum(_rows(_f64(class_weights, xp), q.ndim, xp) * q, axis=-1)
+    loss = loss + z_loss * label_weight * logsumexp(zt, s.rows_class_mask, xp=xp) ** 2
+    example_weight = s.example_weight(weights, s.mask.shape)
+    if cost_matrix is not None:
+        columns = xp.transpose(_f64(cost_matrix, xp))[s.predicted()]
+        example_weight = example_weight * xp.sum(q * columns, axis=-1)
+    return reduce(example_weight * loss, reduction, s.mask, example_weight * label_weight, xp=xp)
 
 
 def softmax_cross_entropy(
@@ -230,15 +265,9 @@ def softmax_cross_entropy(
     loss = -xp.sum(_safe_product(t, log_p, xp), axis=-1)
     if poly_epsilon is not None:
         loss = loss + poly_epsilon * xp.sum(t * (1.0 - xp.exp(log_p)), axis=-1)
-    label_weight = xp.ones(s.mask.shape, xp.float64)
-    if class_weights is not None:
-        label_weight = xp.sum(_rows(_f64(class_weights, xp), q.ndim, xp) * q, axis=-1)
-    loss = loss + z_loss * label_weight * logsumexp(zt, s.rows_class_mask, xp=xp) ** 2
-    example_weight = s.example_weight(weights, s.mask.shape)
-    if cost_matrix is not None:
-        columns = xp.transpose(_f64(cost_matrix, xp))[s.predicted()]
-        example_weight = example_weight * xp.sum(q * columns, axis=-1)
-    return reduce(example_weight * loss, reduction, s.mask, example_weight * label_weight, xp=xp)
+    return _probability_finish(
+        s, loss, q, zt, class_weights, weights, cost_matrix, z_loss, reduction
+    )
 
 
 def _focal(log_p, gamma, xp):
@@ -269,15 +298,9 @@ def softmax_focal_loss(
     log_p = log_softmax(zt, s.rows_class_mask, xp=xp)
     safe_log_p = xp.where(t == 0, -1.0, log_p)
     loss = xp.sum(_safe_product(t, _focal(safe_log_p, gamma, xp), xp), axis=-1)
-    label_weight = xp.ones(s.mask.shape, xp.float64)
-    if class_weights is not None:
-        label_weight = xp.sum(_rows(_f64(class_weights, xp), q.ndim, xp) * q, axis=-1)
-    loss = loss + z_loss * label_weight * logsumexp(zt, s.rows_class_mask, xp=xp) ** 2
-    example_weight = s.example_weight(weights, s.mask.shape)
-    if cost_matrix is not None:
-        columns = xp.transpose(_f64(cost_matrix, xp))[s.predicted()]
-        example_weight = example_weight * xp.sum(q * columns, axis=-1)
-    return reduce(example_weight * loss, reduction, s.mask, example_weight * label_weight, xp=xp)
+    return _probability_finish(
+        s, loss, q, zt, class_weights, weights, cost_matrix, z_loss, reduction
+    )
 
 
 def softmax_focal_loss_with_integer_labels(
@@ -303,30 +326,17 @@ def softmax_focal_loss_with_integer_labels(
     `p` is the softmax of the adjusted logits with the label's margin, as in
     `softmax_cross_entropy_with_integer_labels`.
     """
-    labels = xp.asarray(labels)
-    s = _Softmax(logits, labels.shape, where, class_mask, xp)
-    mask = s.mask
-    if ignore_index is not None:
-        mask = mask & (labels != ignore_index)
-    y = xp.where(mask, labels, 0)
-    hits = _one_hot(y, s.num_classes, xp)
-    zt = s.adjusted(logit_adjustment)
-    if label_margins is not None:
-        zt = zt - xp.where(hits, _f64(label_margins, xp)[y][..., None], 0.0)
-    lse = logsumexp(zt, s.rows_class_mask, xp=xp)
-    log_p = zt - lse[..., None]
+    s, labelled = _IntegerLabels.of(
+        logits, labels, where, class_mask, ignore_index, logit_adjustment, label_margins, xp
+    )
+    log_p = labelled.zt - labelled.lse[..., None]
     cw = s.class_weights(class_weights)
-    cw_y = cw[y]
-    log_p_y = xp.sum(xp.where(hits, log_p, 0.0), axis=-1)
-    loss = (1.0 - label_smoothing) * cw_y * _focal(log_p_y, gamma, xp)
+    log_p_y = xp.sum(xp.where(labelled.hits, log_p, 0.0), axis=-1)
+    loss = (1.0 - label_smoothing) * cw[labelled.y] * _focal(log_p_y, gamma, xp)
     if _present(label_smoothing):
-        spread = xp.sum(_rows(cw, zt.ndim, xp) * _focal(log_p, gamma, xp), axis=-1)
+        spread = xp.sum(_rows(cw, s.z.ndim, xp) * _focal(log_p, gamma, xp), axis=-1)
         loss = loss + label_smoothing / s.num_classes * spread
-    loss = loss + z_loss * cw_y * lse**2
-    example_weight = s.example_weight(weights, labels.shape)
-    if cost_matrix is not None:
-        example_weight = example_weight * _f64(cost_matrix, xp)[y, s.predicted()]
-    return reduce(example_weight * loss, reduction, mask, example_weight * cw_y, xp=xp)
+    return labelled.finish(s, loss, cw, weights, cost_matrix, z_loss, reduction)
 
 
 # ---------------------------------------------------------------------------
