@@ -10,6 +10,7 @@ TPU programs use (`_platform.generic_only`).
 
 import contextlib
 import functools
+import re
 
 import chex
 import jax
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jwxent
 from jwxent import _platform
 from tests import _registry as registry
 from tests._registry import (
@@ -690,3 +692,36 @@ def _equations(jaxpr, primitive):
                 inner = getattr(sub, "jaxpr", sub)
                 if hasattr(inner, "eqns"):
                     yield from _equations(inner, primitive)
+
+
+def _reductions_fused_after(hlo: str) -> list[str]:
+    """XLA:CPU library fusions (`__ynn_fusion`) computing a reduction followed by
+    anything but a convert: a second reduction, a loss's per-row arithmetic."""
+    computations = {b.split(" (")[0].strip(): b for b in re.split(r"\n(?=%\S+ \()", hlo)}
+    found = []
+    for called in re.findall(r"calls=(%[\w.]+)[^\n]*__ynn_fusion", hlo):
+        body = computations[called]
+        reduces = len(re.findall(r"= \S+ reduce\(", body))
+        root = re.search(r"ROOT %\S+ = \S+ ([\w-]+)\(", body)
+        if reduces > 1 or (reduces and root and root.group(1) not in ("reduce", "convert")):
+            found.append(body)
+    return found
+
+
+@pytest.mark.parametrize("name", ["softmax_cross_entropy", "poly_loss_cross_entropy"])
+def test_cpu_row_reductions_end_their_library_fusions(name):
+    """XLA:CPU's library row reduction runs ~6x slower with anything fused after it
+    (see `_platform.row_result`). Compiled from shapes at 8192 x 1000, where XLA
+    forms those fusions, for the loss and its `value_and_grad`."""
+    batch, classes = 8192, 1000
+    z = jax.ShapeDtypeStruct((batch, classes), jnp.float32)
+    q = jax.ShapeDtypeStruct((batch, classes), jnp.float32)
+    cw = jax.ShapeDtypeStruct((classes,), jnp.float32)
+    options = {"class_weights": cw, "label_smoothing": 0.1, "reduction": "weighted_mean"}
+    if name == "softmax_cross_entropy":
+        options["z_loss"] = 1e-4
+    fn = getattr(jwxent, name)
+    loss = lambda z, q, cw: fn(z, q, **{**options, "class_weights": cw})
+    for program in (loss, jax.value_and_grad(loss)):
+        hlo = jax.jit(program).lower(z, q, cw).compile().as_text()
+        assert not _reductions_fused_after(hlo)

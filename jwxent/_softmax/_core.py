@@ -47,6 +47,7 @@ from jwxent._softmax._passes import (
     adjusted,
     label_logit,
     label_tangent,
+    prob_dot,
     probabilities,
     separate,
     shift_and_log_sum,
@@ -143,7 +144,7 @@ def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
             z, (shift, log_sum, offsets), cpu=_xla_cpu.separate, default=separate
         )
         p = probabilities(z_probs, class_mask, offsets_p, shift_p, log_sum_p)
-        prob_dots = [jnp.sum(target_values(*t, z.ndim, dtype) * p, axis=-1) for t in targets]
+        prob_dots = [by_platform(p, *t, cpu=_xla_cpu.prob_dot, default=prob_dot) for t in targets]
     return RowStats(shift, log_sum, picked, tuple(dots), tuple(prob_dots))
 
 
@@ -231,10 +232,11 @@ def _tangent_map(
     dz, _, _, d_offsets, d_margins, d_targets = d_inputs
     dtype = stats.log_sum.dtype
     ndim = z.ndim
-    # The backward pass reads the logits under its own name (XLA:CPU).
-    z, (shift, log_sum, picked, offsets) = by_platform(
+    # The backward pass reads the logits and the targets under its own names
+    # (XLA:CPU): a target product shared with the forward pass is written out.
+    z, (shift, log_sum, picked, offsets, targets) = by_platform(
         z,
-        (stats.shift, stats.log_sum, stats.picked, offsets),
+        (stats.shift, stats.log_sum, stats.picked, offsets, targets),
         cpu=_xla_cpu.separate,
         default=separate,
     )
@@ -269,7 +271,7 @@ def _tangent_map(
     zt = finite_or_zero(adjusted(z, offsets, dtype))
     d_dots, d_prob_dots = [], []
     for i, (t, dt) in enumerate(zip(targets, d_targets, strict=True)):
-        values = target_values(*t, ndim, dtype)
+        values = target_values(t.rows, t.classes, ndim, dtype)
         d_values = sum_present(
             None if dt.rows is None else target_values(dt.rows, t.classes, ndim, dtype),
             None if dt.classes is None else target_values(t.rows, dt.classes, ndim, dtype),

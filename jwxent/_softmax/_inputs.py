@@ -19,6 +19,7 @@ from jax import lax
 
 from jwxent import _checks, _reduction
 from jwxent._numerics import compute_dtype, expand_rank, is_static_zero
+from jwxent._platform import end_row_reductions
 from jwxent._softmax._core import Target
 from jwxent._softmax._passes import class_axis_is_sharded, masked, take_class
 from jwxent._typing import Array, ArrayLike, Axis
@@ -278,4 +279,4 @@ def cost_weight(
     rows_sharding = jax.typeof(probabilities).sharding if probabilities is not None else None
     columns = cost_matrix.T.at[predicted].get(mode="clip", out_sharding=rows_sharding)
     q = probabilities.astype(prepared.dtype) if probabilities is not None else 0
-    return jnp.sum(q * columns, axis=-1)
+    return end_row_reductions(jnp.sum(q * columns, axis=-1))

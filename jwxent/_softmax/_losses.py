@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from jwxent import _checks, _reduction
 from jwxent._numerics import hyperparameter, is_static_zero
+from jwxent._platform import end_row_reductions
 from jwxent._softmax._core import RowStats, Target, row_stats
 from jwxent._softmax._inputs import (
     IntegerLabels,
@@ -177,7 +178,9 @@ def _probability_label_loss(
     )
     dtype = prepared.dtype
     label_weight = expected_class_weight(q, cw, dtype)
-    mass = jnp.sum(q, axis=-1, dtype=dtype) if label_weight is None else label_weight
+    mass = label_weight
+    if mass is None:
+        mass = end_row_reductions(jnp.sum(q, axis=-1, dtype=dtype))
     loss = stats.lse * mass - stats.dots[0]
     poly = None if not with_poly else mass - stats.prob_dots[0]
     if smoothed:

@@ -5,6 +5,8 @@ Each pass reads the logits in their own dtype and converts inside its fusion.
 `_core.py` chooses between the two with `_platform.by_platform`.
 """
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -125,7 +127,12 @@ def target_dot(z: Array, offsets: Array | None, rows: Array | None, classes: Arr
     return jnp.sum(jnp.where(t == 0, jnp.zeros_like(products), products), axis=-1)
 
 
-def separate(z: Array, stats: tuple[Array, ...]) -> tuple[Array, tuple[Array, ...]]:
+def prob_dot(p: Array, rows: Array | None, classes: Array | None) -> Array:
+    """`Σ_k t_k p_k` per row with `t = rows · classes`, for the probabilities `p`."""
+    return jnp.sum(target_values(rows, classes, p.ndim, p.dtype) * p, axis=-1)
+
+
+def separate(z: Array, stats: tuple[Any, ...]) -> tuple[Array, tuple[Any, ...]]:
     """The identity; XLA:CPU's form keeps the passes from sharing a convert."""
     return z, stats
 

@@ -17,18 +17,26 @@ a GPU or a TPU. What each one buys was measured with `benchmarks/` on a
   there are integer labels: one reducing pass instead of two. `Σ exp(z − z_y)`
   is at least 1, so it cannot underflow; when some logit exceeds the label's
   by more than ~88 (float32) it overflows, and a `lax.cond` then recomputes
-  the batch with the max shift. The log stays out of the library reduction
-  (it runs ~4× slower with the log fused in), and rows longer than 32768 are
-  summed in pieces (the library reduction is ~4× slower per element past
-  that).
+  the batch with the max shift. Rows longer than 32768 are summed in pieces
+  (the library reduction is ~4× slower per element past that).
+* Every row reduction ends its library fusion (`_platform.row_result`): with
+  a log, a loss's per-row arithmetic or the sum over the batch fused after
+  it, the library reduction runs 4–7× slower.
 * `target_dot` with a `[C]` target is a matrix-vector product, 5–6× faster
   than a row sum of `c·z` with `c` broadcast along the row.
+* The backward pass forms its own target `q·c` (probability labels with class
+  weights): a product shared with the forward pass is written out, a float32
+  `[batch, classes]` array (1 GB at 8192 × 32000), because the library
+  reduction does not take a product that another fusion also reads.
 """
+
+from typing import Any
 
 import jax.numpy as jnp
 from jax import lax
 
 from jwxent._numerics import compute_dtype
+from jwxent._platform import row_result
 from jwxent._softmax import _passes
 from jwxent._typing import Array
 
@@ -37,7 +45,7 @@ from jwxent._typing import Array
 _ROW_PIECE = 32768
 
 
-def separate(logits: Array, stats: tuple[Array, ...]) -> tuple[Array, tuple[Array, ...]]:
+def separate(logits: Array, stats: tuple[Any, ...]) -> tuple[Array, tuple[Any, ...]]:
     """The logits and row statistics under new names, so that a pass fuses on its own.
 
     `stats`, small arrays that differ from pass to pass, also keep XLA from
@@ -78,12 +86,6 @@ def _sum_exp(z: Array, offsets: Array | None, shift: Array) -> Array:
     return jnp.sum(lax.optimization_barrier(partial), axis=-1)
 
 
-def _log(total: Array) -> Array:
-    # A no-op (`total` is >= 0 or NaN) that keeps the log out of the library
-    # row reduction, where it makes the reduction ~4x slower.
-    return jnp.log(jnp.where(total >= 0, total, jnp.nan))
-
-
 def _max_shift(z: Array, class_mask: Array | None, offsets: Array | None) -> tuple[Array, Array]:
     dtype = compute_dtype(z.dtype)
     if class_mask is not None:
@@ -92,7 +94,7 @@ def _max_shift(z: Array, class_mask: Array | None, offsets: Array | None) -> tup
     # there leaves the sum the only reader of the converted logits.
     shifted = z if offsets is None else _passes.adjusted(z, offsets, dtype)
     shift = _passes.finite_or_zero_shift(jnp.max(shifted, axis=-1)).astype(dtype)
-    return shift, _log(_sum_exp(z, offsets, shift))
+    return shift, jnp.log(row_result(_sum_exp(z, offsets, shift)))
 
 
 def shift_and_log_sum(
@@ -101,7 +103,7 @@ def shift_and_log_sum(
     """`_passes.shift_and_log_sum`, in one pass shifted by the label's logit if there is one."""
     if label_shift is None:
         return _max_shift(z, class_mask, offsets)
-    log_sum = _log(_sum_exp(z, offsets, label_shift))
+    log_sum = jnp.log(row_result(_sum_exp(z, offsets, label_shift)))
     finite = jnp.all(jnp.isfinite(log_sum))
     return lax.cond(
         finite, lambda: (label_shift, log_sum), lambda: _max_shift(z, class_mask, offsets)
@@ -138,6 +140,11 @@ def target_dot(z: Array, offsets: Array | None, rows: Array | None, classes: Arr
     )
 
 
+def prob_dot(p: Array, rows: Array | None, classes: Array | None) -> Array:
+    """`_passes.prob_dot`, its library row reduction ended by `row_result`."""
+    return row_result(_passes.prob_dot(p, rows, classes))
+
+
 def _clamped_dot(
     z: Array, offsets: Array | None, rows: Array | None, classes: Array | None
 ) -> Array:
@@ -156,7 +163,7 @@ def _clamped_dot(
         split_classes = [None if a is None else a.reshape(pieces, -1) for a in (offsets, classes)]
         (z, rows), (offsets, classes) = lax.optimization_barrier((split, split_classes))
         return jnp.sum(lax.optimization_barrier(_clamped_sum(z, offsets, rows, classes)), axis=-1)
-    return _clamped_sum(z, offsets, rows, classes)
+    return row_result(_clamped_sum(z, offsets, rows, classes))
 
 
 def _clamped_sum(
