@@ -148,8 +148,9 @@ def linear_softmax_cross_entropy(
       reduction: `"none"`, `"sum"`, `"mean"`, `"weighted_mean"` or
         `"sum_by_nonzero_weights"`.
       chunk_size: tokens per chunk of the `"chunked"` implementation (None:
-        about 2²² logits and at most 1/16 of the tokens per chunk, at least
-        8 tokens, preferably a multiple of 8 that divides the tokens).
+        about 2²⁴ logits, 2²² for half-precision inputs, and at most 1/16 of
+        the tokens per chunk, at least 8 tokens, preferably a multiple of 8
+        that divides the tokens).
         Ignored by `"xla"`.
       implementation: `"chunked"` (the default for None) or `"xla"` (the
         unfused `x @ w` then the softmax loss, for reference).
