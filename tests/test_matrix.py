@@ -575,19 +575,28 @@ def test_out_of_range_labels_raise_eagerly_and_give_nan_under_jit(loss, bad):
 
 @pytest.mark.parametrize("classes", [50257, 32771])
 @pytest.mark.parametrize(
-    "name", ["softmax_cross_entropy_with_integer_labels", "softmax_cross_entropy"]
+    "name",
+    [
+        "softmax_cross_entropy_with_integer_labels",
+        "softmax_cross_entropy",
+        "poly_loss_cross_entropy",
+    ],
 )
 def test_rows_longer_than_a_library_piece(name, classes):
     """Past 32768 classes XLA:CPU sums rows in pieces (the log-sum-exp and, for
-    probability labels, the target dot): 50257 = 29 pieces, 32771 is prime."""
+    probability labels, the target dot and `Σ t·p`): 50257 = 29 pieces, 32771
+    is prime."""
     loss = registry.BY_NAME[name]
     rng = np.random.default_rng(5)
+    # Off-centre logits: a wrong target dot no longer cancels the log-sum-exp's shift.
+    logits = (3.0 * rng.standard_normal((3, classes)) + 10.0).astype(np.float32)
     labels = rng.integers(0, classes, 3).astype(np.int32)
-    if name == "softmax_cross_entropy":
-        labels = rng.dirichlet(np.ones(classes), 3).astype(np.float32)
+    if name != "softmax_cross_entropy_with_integer_labels":
+        # Half of each row's mass on its largest logit, so that `Σ t·p` is not ~1/C.
+        top = np.eye(classes, dtype=np.float32)[np.argmax(logits, axis=-1)]
+        labels = (0.5 * rng.dirichlet(np.ones(classes), 3) + 0.5 * top).astype(np.float32)
     values = {
-        # Off-centre logits: a wrong target dot no longer cancels the log-sum-exp's shift.
-        "logits": (3.0 * rng.standard_normal((3, classes)) + 10.0).astype(np.float32),
+        "logits": logits,
         "labels": labels,
         "class_weights": rng.uniform(0.2, 3.0, classes).astype(np.float32),
         "logit_adjustment": rng.normal(0.0, 1.0, classes).astype(np.float32),

@@ -143,8 +143,10 @@ def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
         z_probs, (shift_p, log_sum_p, offsets_p) = by_platform(
             z, (shift, log_sum, offsets), cpu=_xla_cpu.separate, default=separate
         )
-        p = probabilities(z_probs, class_mask, offsets_p, shift_p, log_sum_p)
-        prob_dots = [by_platform(p, *t, cpu=_xla_cpu.prob_dot, default=prob_dot) for t in targets]
+        softmax = (z_probs, class_mask, offsets_p, shift_p, log_sum_p)
+        prob_dots = [
+            by_platform(softmax, *t, cpu=_xla_cpu.prob_dot, default=prob_dot) for t in targets
+        ]
     return RowStats(shift, log_sum, picked, tuple(dots), tuple(prob_dots))
 
 

@@ -127,8 +127,9 @@ def target_dot(z: Array, offsets: Array | None, rows: Array | None, classes: Arr
     return jnp.sum(jnp.where(t == 0, jnp.zeros_like(products), products), axis=-1)
 
 
-def prob_dot(p: Array, rows: Array | None, classes: Array | None) -> Array:
-    """`Σ_k t_k p_k` per row with `t = rows · classes`, for the probabilities `p`."""
+def prob_dot(softmax: tuple, rows: Array | None, classes: Array | None) -> Array:
+    """`Σ_k t_k p_k` per row with `t = rows · classes` and `p = probabilities(*softmax)`."""
+    p = probabilities(*softmax)
     return jnp.sum(target_values(rows, classes, p.ndim, p.dtype) * p, axis=-1)
 
 

@@ -147,9 +147,16 @@ def target_dot(z: Array, offsets: Array | None, rows: Array | None, classes: Arr
     )
 
 
-def prob_dot(p: Array, rows: Array | None, classes: Array | None) -> Array:
-    """`_passes.prob_dot`, its library row reduction ended by `row_result`."""
-    return row_result(_passes.prob_dot(p, rows, classes))
+def prob_dot(softmax: tuple, rows: Array | None, classes: Array | None) -> Array:
+    """`_passes.prob_dot`, long rows summed in pieces."""
+    z, class_mask, offsets, shift, log_sum = softmax
+
+    def row_sum(z, row_arrays, class_arrays, stats):
+        return _passes.prob_dot(
+            (z, row_arrays[0], class_arrays[0], *stats), *row_arrays[1:], *class_arrays[1:]
+        )
+
+    return _in_pieces(row_sum, z, (class_mask, rows), (offsets, classes), (shift, log_sum))
 
 
 def _row_dot(
@@ -160,18 +167,36 @@ def _row_dot(
     The floor is −inf where `t > 0` (so `t·(−inf)` stays −inf) and the lowest
     finite value where `t = 0` (so `0·(−inf)` becomes 0). Only arithmetic that
     XLA:CPU fuses into its row reduction: a `where` there would be written out
-    as a `[batch, classes]` array. Long rows are summed in pieces, as in
+    as a `[batch, classes]` array.
+    """
+
+    def row_sum(z, row_arrays, class_arrays, stats):
+        del stats
+        return _row_sum(z, class_arrays[0], row_arrays[0], class_arrays[1], clamped)
+
+    return _in_pieces(row_sum, z, (rows,), (offsets, classes))
+
+
+def _in_pieces(row_sum, z, row_arrays, class_arrays, stats=()) -> Array:
+    """`row_sum(z, row_arrays, class_arrays, stats)`, over long rows as a sum of equal pieces.
+
+    `row_arrays` are `[..., C]` like `z` (or None), `class_arrays` `[C]` (or
+    None), `stats` `[...]`. The barriers keep XLA from merging the two sums
+    back into one (and from moving a convert in front of the reshape), as in
     `_sum_exp`.
     """
     # A class axis sharded in types is not reshaped: its pieces would be resharded.
     pieces = 1 if _passes.class_axis_is_sharded(z) else _row_pieces(z.shape[-1])
-    if pieces > 1:
-        split = [None if a is None else a.reshape(*a.shape[:-1], pieces, -1) for a in (z, rows)]
-        split_classes = [None if a is None else a.reshape(pieces, -1) for a in (offsets, classes)]
-        (z, rows), (offsets, classes) = lax.optimization_barrier((split, split_classes))
-        partial = _row_sum(z, offsets, rows, classes, clamped)
-        return jnp.sum(lax.optimization_barrier(partial), axis=-1)
-    return row_result(_row_sum(z, offsets, rows, classes, clamped))
+    if pieces == 1:
+        return row_result(row_sum(z, row_arrays, class_arrays, stats))
+    split = [None if a is None else a.reshape(*a.shape[:-1], pieces, -1) for a in (z, *row_arrays)]
+    split_classes = [None if a is None else a.reshape(pieces, -1) for a in class_arrays]
+    split_stats = [s[..., None] for s in stats]
+    (z, *row_arrays), class_arrays, stats = lax.optimization_barrier(
+        (split, split_classes, split_stats)
+    )
+    partial = row_sum(z, row_arrays, class_arrays, stats)
+    return jnp.sum(lax.optimization_barrier(partial), axis=-1)
 
 
 def _row_sum(
