@@ -249,7 +249,7 @@ def linear_softmax_cross_entropy(
     if targets.mask is not None:
         # Masked rows become zeros, so nothing non-finite in them reaches the gradient.
         rows = jnp.where(targets.mask.reshape(-1, 1), rows, jnp.zeros_like(rows))
-    plan = make_plan(rows.shape[0], vocab, chunk_size, jnp.result_type(x, w))
+    plan = make_plan(rows.shape[0], vocab, chunk_size, x.dtype)
     coefficients = _reduction.coefficients(
         reduction,
         batch_shape,

@@ -145,7 +145,7 @@ def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
         )
         softmax = (z_probs, class_mask, offsets_p, shift_p, log_sum_p)
         prob_dots = [
-            by_platform(softmax, *t, cpu=_xla_cpu.prob_dot, default=prob_dot) for t in targets
+            by_platform(*softmax, *t, cpu=_xla_cpu.prob_dot, default=prob_dot) for t in targets
         ]
     return RowStats(shift, log_sum, picked, tuple(dots), tuple(prob_dots))
 

@@ -127,9 +127,9 @@ def target_dot(z: Array, offsets: Array | None, rows: Array | None, classes: Arr
     return jnp.sum(jnp.where(t == 0, jnp.zeros_like(products), products), axis=-1)
 
 
-def prob_dot(softmax: tuple, rows: Array | None, classes: Array | None) -> Array:
-    """`Σ_k t_k p_k` per row with `t = rows · classes` and `p = probabilities(*softmax)`."""
-    p = probabilities(*softmax)
+def prob_dot(z, class_mask, offsets, shift, log_sum, rows, classes) -> Array:
+    """`Σ_k t_k p_k` per row, `t = rows · classes`, `p = probabilities(z, ..., log_sum)`."""
+    p = probabilities(z, class_mask, offsets, shift, log_sum)
     return jnp.sum(target_values(rows, classes, p.ndim, p.dtype) * p, axis=-1)
 
 

@@ -30,8 +30,11 @@ a GPU or a TPU. What each one buys was measured with `benchmarks/` on a
   reduction does not take a product that another fusion also reads.
 """
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -86,6 +89,11 @@ def _sum_exp(z: Array, offsets: Array | None, shift: Array) -> Array:
     return jnp.sum(lax.optimization_barrier(partial), axis=-1)
 
 
+def _log_sum(z: Array, offsets: Array | None, shift: Array) -> Array:
+    """`log Σ_k exp(z_k + δ_k − shift)`, the log outside the library reduction."""
+    return jnp.log(row_result(_sum_exp(z, offsets, shift)))
+
+
 def _max_shift(z: Array, class_mask: Array | None, offsets: Array | None) -> tuple[Array, Array]:
     dtype = compute_dtype(z.dtype)
     if class_mask is not None:
@@ -94,7 +102,7 @@ def _max_shift(z: Array, class_mask: Array | None, offsets: Array | None) -> tup
     # there leaves the sum the only reader of the converted logits.
     shifted = z if offsets is None else _passes.adjusted(z, offsets, dtype)
     shift = _passes.finite_or_zero_shift(jnp.max(shifted, axis=-1)).astype(dtype)
-    return shift, jnp.log(row_result(_sum_exp(z, offsets, shift)))
+    return shift, _log_sum(z, offsets, shift)
 
 
 def shift_and_log_sum(
@@ -103,7 +111,7 @@ def shift_and_log_sum(
     """`_passes.shift_and_log_sum`, in one pass shifted by the label's logit if there is one."""
     if label_shift is None:
         return _max_shift(z, class_mask, offsets)
-    log_sum = jnp.log(row_result(_sum_exp(z, offsets, label_shift)))
+    log_sum = _log_sum(z, offsets, label_shift)
     finite = jnp.all(jnp.isfinite(log_sum))
     return lax.cond(
         finite, lambda: (label_shift, log_sum), lambda: _max_shift(z, class_mask, offsets)
@@ -147,16 +155,15 @@ def target_dot(z: Array, offsets: Array | None, rows: Array | None, classes: Arr
     )
 
 
-def prob_dot(softmax: tuple, rows: Array | None, classes: Array | None) -> Array:
+def prob_dot(z, class_mask, offsets, shift, log_sum, rows, classes) -> Array:
     """`_passes.prob_dot`, long rows summed in pieces."""
-    z, class_mask, offsets, shift, log_sum = softmax
-
-    def row_sum(z, row_arrays, class_arrays, stats):
-        return _passes.prob_dot(
-            (z, row_arrays[0], class_arrays[0], *stats), *row_arrays[1:], *class_arrays[1:]
-        )
-
-    return _in_pieces(row_sum, z, (class_mask, rows), (offsets, classes), (shift, log_sum))
+    return _in_pieces(
+        _passes.prob_dot,
+        z,
+        along_rows={"class_mask": class_mask, "rows": rows},
+        per_class={"offsets": offsets, "classes": classes},
+        per_row={"shift": shift, "log_sum": log_sum},
+    )
 
 
 def _row_dot(
@@ -169,33 +176,41 @@ def _row_dot(
     XLA:CPU fuses into its row reduction: a `where` there would be written out
     as a `[batch, classes]` array.
     """
+    return _in_pieces(
+        functools.partial(_row_sum, clamped=clamped),
+        z,
+        along_rows={"rows": rows},
+        per_class={"offsets": offsets, "classes": classes},
+    )
 
-    def row_sum(z, row_arrays, class_arrays, stats):
-        del stats
-        return _row_sum(z, class_arrays[0], row_arrays[0], class_arrays[1], clamped)
 
-    return _in_pieces(row_sum, z, (rows,), (offsets, classes))
+def _in_pieces(
+    row_sum: Callable[..., Array],
+    z: Array,
+    *,
+    along_rows: dict[str, Array | None],
+    per_class: dict[str, Array | None],
+    per_row: dict[str, Array] | None = None,
+) -> Array:
+    """`row_sum(z, **along_rows, **per_class, **per_row)`, long rows as a sum of equal pieces.
 
-
-def _in_pieces(row_sum, z, row_arrays, class_arrays, stats=()) -> Array:
-    """`row_sum(z, row_arrays, class_arrays, stats)`, over long rows as a sum of equal pieces.
-
-    `row_arrays` are `[..., C]` like `z` (or None), `class_arrays` `[C]` (or
-    None), `stats` `[...]`. The barriers keep XLA from merging the two sums
+    `along_rows` are `[..., C]` like `z`, `per_class` `[C]`, `per_row` `[...]`
+    (None entries stay None). The barriers keep XLA from merging the two sums
     back into one (and from moving a convert in front of the reshape), as in
     `_sum_exp`.
     """
+    stats = per_row or {}
     # A class axis sharded in types is not reshaped: its pieces would be resharded.
     pieces = 1 if _passes.class_axis_is_sharded(z) else _row_pieces(z.shape[-1])
     if pieces == 1:
-        return row_result(row_sum(z, row_arrays, class_arrays, stats))
-    split = [None if a is None else a.reshape(*a.shape[:-1], pieces, -1) for a in (z, *row_arrays)]
-    split_classes = [None if a is None else a.reshape(pieces, -1) for a in class_arrays]
-    split_stats = [s[..., None] for s in stats]
-    (z, *row_arrays), class_arrays, stats = lax.optimization_barrier(
+        return row_result(row_sum(z, **along_rows, **per_class, **stats))
+    split = jax.tree.map(lambda a: a.reshape(*a.shape[:-1], pieces, -1), (z, along_rows))
+    split_classes = jax.tree.map(lambda a: a.reshape(pieces, -1), per_class)
+    split_stats = jax.tree.map(lambda s: s[..., None], stats)
+    (z, along_rows), per_class, stats = lax.optimization_barrier(
         (split, split_classes, split_stats)
     )
-    partial = row_sum(z, row_arrays, class_arrays, stats)
+    partial = row_sum(z, **along_rows, **per_class, **stats)
     return jnp.sum(lax.optimization_barrier(partial), axis=-1)
 
 
