@@ -18,7 +18,9 @@ and the gradients of their sum on one device, then the same:
   cross-entropy), with the result shapes of the compiled program's
   all-gathers;
 * inside `jax.shard_map` (default `check_vma`) with the batch over all 8
-  devices: the per-example losses, summed outside.
+  devices: the per-example losses, summed outside, with the per-class inputs
+  as arguments and closed over (`"shard_map/closed"`); and, for the
+  integer-label losses, replicated logits against sharded labels.
 
 The test compares them; this script only computes.
 """
@@ -52,6 +54,13 @@ LAYOUTS = {
 # With `Auto` axes XLA propagates one sharding for all layouts alike: the
 # batch alone and the batch with the classes; `Explicit` axes type every one.
 LAYOUTS_BY_AXIS_TYPE = {AxisType.Auto: ("data", "both"), AxisType.Explicit: tuple(LAYOUTS)}
+
+
+# The integer-label softmax losses, also run with replicated logits and sharded labels.
+REPLICATED_LOGITS = (
+    "softmax_cross_entropy_with_integer_labels",
+    "softmax_focal_loss_with_integer_labels",
+)
 
 
 def _logical_axes(shape: tuple[int, ...]) -> tuple[str | None, ...]:
@@ -109,27 +118,78 @@ def _evaluate(loss: registry.Loss, values: dict[str, Any], *, with_sum: bool):
     return run, arrays
 
 
-def _per_example_in_shard_map(loss: registry.Loss, values: dict[str, Any], mesh):
-    """The per-example losses computed device by device and summed."""
+def _per_example_in_shard_map(loss: registry.Loss, values: dict[str, Any], mesh, closed: bool):
+    """The per-example losses computed device by device and summed.
+
+    With `closed`, the inputs without a batch axis (class weights, a cost
+    matrix, the fused loss's `w`) are not arguments of the `shard_map` body
+    but closed over, replicated, as most training code does.
+    """
     arrays = {k: v for k, v in values.items() if isinstance(v, np.ndarray)}
     static = {k: v for k, v in values.items() if k not in arrays}
     specs = {k: _spec(np.shape(v), "data") for k, v in arrays.items()}
-
-    def local(arrays):
-        return registry.call(loss, {**arrays, **static}, reduction="none")
-
+    batched = {k for k, v in arrays.items() if not closed or "batch" in _logical_axes(np.shape(v))}
     out_spec = P(EVERY_DEVICE, *([None] * (len(_out_shape(loss, values)) - 1)))
-    mapped = jax.shard_map(local, mesh=mesh, in_specs=(specs,), out_specs=out_spec)
     names = registry.differentiable(values)
 
     def run(arrays):
         def total(floats):
-            return jnp.sum(mapped({**arrays, **floats}))
+            merged = {**arrays, **floats}
+            outside = {k: v for k, v in merged.items() if k not in batched}
+
+            def local(inside):
+                return registry.call(loss, {**inside, **outside, **static}, reduction="none")
+
+            inside = {k: merged[k] for k in batched}
+            in_specs = ({k: specs[k] for k in batched},)
+            return jnp.sum(
+                jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_spec)(inside)
+            )
 
         value, grads = jax.value_and_grad(total)({n: arrays[n] for n in names})
         return {"value": value, "grads": grads}
 
     return run, {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in arrays.items()}
+
+
+def _replicated_logits_in_shard_map(loss: registry.Loss, values: dict[str, Any], mesh):
+    """Replicated logits against labels sharded over every device (integer labels).
+
+    Each device scores the same `[n, C]` logits against its own `[n]` labels;
+    one device computes the same as the logits tiled 8 times. Returns the
+    per-example losses' sum and its gradient, both ways.
+    """
+    n = BATCH // 8
+    logits = values["logits"][:n]
+    labels = values["labels"]
+    static = {k: v for k, v in values.items() if k in ("class_weights", "label_smoothing")}
+
+    def per_device(z, y):
+        return registry.call(loss, {**static, "logits": z, "labels": y}, reduction="none")
+
+    mapped = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P(), P(EVERY_DEVICE)), out_specs=P(EVERY_DEVICE)
+    )
+
+    # One device, no mesh: the logits tiled once per device.
+    tiled = lambda z: jnp.sum(per_device(jnp.tile(z, (8, 1)), labels))
+    expected, expected_grad = jax.jit(jax.value_and_grad(tiled))(logits)
+
+    def run(arrays):
+        total = lambda z: jnp.sum(mapped(z, arrays["labels"]))
+        value, grad = jax.value_and_grad(total)(arrays["logits"])
+        return {
+            "value": value,
+            "grads": {"logits": grad},
+            "expected": expected,
+            "expected_grads": {"logits": expected_grad},
+        }
+
+    sharded = {
+        "logits": jax.device_put(logits, NamedSharding(mesh, P())),
+        "labels": jax.device_put(labels, NamedSharding(mesh, P(EVERY_DEVICE))),
+    }
+    return run, sharded
 
 
 def _out_shape(loss, values):
@@ -220,9 +280,24 @@ def main(output: str, names: list[str]) -> None:
             runs = {n: _jit_run(registry.BY_NAME[n], v, mesh, layout) for n, v in values.items()}
             record(f"{axis_type.name.lower()}/{layout}", runs)
     mesh = jax.make_mesh((2, 4), EVERY_DEVICE, axis_types=(AxisType.Explicit,) * 2)
+    # Closed over: with `Auto` axes. (A gather from an array closed over with
+    # `Explicit` axes fails inside `shard_map` in JAX itself, jwxent or not.)
+    auto = jax.make_mesh((2, 4), EVERY_DEVICE, axis_types=(AxisType.Auto,) * 2)
+    for key, closed, on in (("shard_map", False, mesh), ("shard_map/closed", True, auto)):
+        record(
+            key,
+            {
+                n: _per_example_in_shard_map(registry.BY_NAME[n], v, on, closed)
+                for n, v in values.items()
+            },
+        )
+    integer = {n: v for n, v in values.items() if n in REPLICATED_LOGITS}
     record(
-        "shard_map",
-        {n: _per_example_in_shard_map(registry.BY_NAME[n], v, mesh) for n, v in values.items()},
+        "shard_map/replicated_logits",
+        {
+            n: _replicated_logits_in_shard_map(registry.BY_NAME[n], v, mesh)
+            for n, v in integer.items()
+        },
     )
     with open(output, "w") as f:
         json.dump(results, f)

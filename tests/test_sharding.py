@@ -142,15 +142,32 @@ def test_sharded_jit_equals_one_device_and_gathers_no_sharded_axis(request, name
     assert not report, "\n".join(report)
 
 
+@pytest.mark.parametrize("key", ["shard_map", "shard_map/closed"])
 @_cases
-def test_shard_map_with_default_check_vma_equals_one_device(request, name):
+def test_shard_map_with_default_check_vma_equals_one_device(request, name, key):
+    """Per-class inputs as arguments of the body, or closed over (replicated)."""
     runs = request.getfixturevalue(_half(name))[name]
-    run = runs["shard_map"]
+    run = runs[key]
     assert "error" not in run, run.get("error")
     one_device = runs["one_device"]
     report = _close(run["value"], np.sum(one_device["values"]["none"]), "value")
     for name_, grad in one_device["sum_grads"].items():
         report += _close(run["grads"][name_], grad, f"d{name_}")
+    assert not report, "\n".join(report)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.xdist_group(_half(name)))
+        for name in worker.REPLICATED_LOGITS
+    ],
+)
+def test_shard_map_with_replicated_logits_and_sharded_labels(request, name):
+    run = request.getfixturevalue(_half(name))[name]["shard_map/replicated_logits"]
+    assert "error" not in run, run.get("error")
+    report = _close(run["value"], run["expected"], "value")
+    report += _close(run["grads"]["logits"], run["expected_grads"]["logits"], "dlogits")
     assert not report, "\n".join(report)
 
 

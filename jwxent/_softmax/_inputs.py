@@ -21,7 +21,13 @@ from jwxent import _checks, _reduction
 from jwxent._numerics import compute_dtype, expand_rank, is_static_zero
 from jwxent._platform import end_row_reductions
 from jwxent._softmax._core import Target
-from jwxent._softmax._passes import class_axis_is_sharded, masked, take_class
+from jwxent._softmax._passes import (
+    class_axis_is_sharded,
+    explicitly_sharded,
+    gather_entries,
+    masked,
+    take_class,
+)
 from jwxent._typing import Array, ArrayLike, Axis
 
 
@@ -273,10 +279,16 @@ def cost_weight(
     predicted = jnp.argmax(scores, axis=-1)
     if labels is not None:
         # Two indices, not a flat `y·C + k`, which overflows int32 past 46340 classes.
-        sharding = jax.typeof(labels).sharding
-        return cost_matrix.at[labels, predicted].get(mode="clip", out_sharding=sharding)
+        return gather_entries(cost_matrix, labels, predicted)
     # Column `argmax` of M for each row, weighted by the row's label distribution.
-    rows_sharding = jax.typeof(probabilities).sharding if probabilities is not None else None
-    columns = cost_matrix.T.at[predicted].get(mode="clip", out_sharding=rows_sharding)
+    columns = _predicted_columns(cost_matrix, predicted, probabilities)
     q = probabilities.astype(prepared.dtype) if probabilities is not None else 0
     return end_row_reductions(jnp.sum(q * columns, axis=-1))
+
+
+def _predicted_columns(cost_matrix: Array, predicted: Array, like: Array | None) -> Array:
+    """`[..., C]` rows `M[:, predicted]`, laid out like `like` when it is sharded in types."""
+    if like is not None and any(map(explicitly_sharded, (cost_matrix, predicted, like))):
+        sharding = jax.typeof(like).sharding
+        return cost_matrix.T.at[predicted].get(mode="clip", out_sharding=sharding)
+    return jnp.take(cost_matrix.T, predicted, axis=0, mode="clip")

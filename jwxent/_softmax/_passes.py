@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from jwxent._numerics import compute_dtype, expand_rank
 from jwxent._typing import Array
@@ -59,6 +60,23 @@ def explicitly_sharded(x: Array) -> bool:
     return any(axis is not None for axis in spec)
 
 
+def laid_out_as_rows(values: Any, z: Array) -> Any:
+    """`[...]` arrays resharded, in types, as a reduction of `[..., C]` `z` over its classes.
+
+    A no-op unless the types name mesh axes and the layouts differ (replicated
+    logits with sharded labels, say).
+    """
+    if not explicitly_sharded(z) and not any(map(explicitly_sharded, jax.tree.leaves(values))):
+        return values
+    sharding = jax.typeof(z).sharding
+    rows = jax.sharding.NamedSharding(sharding.mesh, P(*sharding.spec[:-1]))
+
+    def reshard(x: Array) -> Array:
+        return x if jax.typeof(x).sharding == rows else jax.sharding.reshard(x, rows)
+
+    return jax.tree.map(reshard, values)
+
+
 def label_hits(z: Array, labels: Array) -> Array:
     """Bool `[..., C]`: True at each row's label. An iota compare, not a one-hot."""
     if explicitly_sharded(z):
@@ -73,7 +91,26 @@ def label_hits(z: Array, labels: Array) -> Array:
 
 def take_class(table: Array, labels: Array) -> Array:
     """`table[labels]` for a `[C]` table, laid out like `labels` (also sharded in types)."""
-    return table.at[labels].get(mode="clip", out_sharding=jax.typeof(labels).sharding)
+    return gather_entries(table, labels)
+
+
+def gather_entries(table: Array, *indices: Array) -> Array:
+    """`table[i, j, ...]` per example (indices clipped), laid out like the first index.
+
+    Sharded in types, the gather names its output sharding. Otherwise it is a
+    plain `lax.gather`: indexing (`table[labels]`) checks the table's mesh
+    against the context's and fails inside `shard_map` for a table closed
+    over from outside (replicated class weights, a cost matrix).
+    """
+    if any(map(explicitly_sharded, (table, *indices))):
+        out_sharding = jax.typeof(indices[0]).sharding
+        return table.at[indices].get(mode="clip", out_sharding=out_sharding)
+    axes = tuple(range(len(indices)))
+    numbers = lax.GatherDimensionNumbers(
+        offset_dims=(), collapsed_slice_dims=axes, start_index_map=axes
+    )
+    points = jnp.stack([i.astype(jnp.int32) for i in indices], axis=-1)
+    return lax.gather(table, points, numbers, (1,) * len(indices), mode="clip")
 
 
 # ---------------------------------------------------------------------------

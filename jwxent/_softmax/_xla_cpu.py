@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jwxent._numerics import compute_dtype
-from jwxent._platform import row_result
+from jwxent._platform import row_result, vary_like
 from jwxent._softmax import _passes
 from jwxent._typing import Array
 
@@ -113,8 +113,13 @@ def shift_and_log_sum(
         return _max_shift(z, class_mask, offsets)
     log_sum = _log_sum(z, offsets, label_shift)
     finite = jnp.all(jnp.isfinite(log_sum))
+    inputs = (z, class_mask, offsets, label_shift)
+    # Laid out as the generic form's rows (a reduction of `z`), whatever the labels' layout.
+    label_shifted = _passes.laid_out_as_rows((label_shift, log_sum), z)
     return lax.cond(
-        finite, lambda: (label_shift, log_sum), lambda: _max_shift(z, class_mask, offsets)
+        finite,
+        lambda: vary_like(label_shifted, inputs),
+        lambda: vary_like(_max_shift(z, class_mask, offsets), inputs),
     )
 
 
@@ -148,10 +153,11 @@ def target_dot(z: Array, offsets: Array | None, rows: Array | None, classes: Arr
             fast = fast + jnp.dot(c, offsets.astype(dtype))
     else:
         fast = _row_dot(z, offsets, rows, classes, clamped=False)
+    inputs = (z, offsets, rows, classes)
     return lax.cond(
         jnp.any(jnp.isnan(fast)),
-        lambda: _row_dot(z, offsets, rows, classes, clamped=True),
-        lambda: fast,
+        lambda: vary_like(_row_dot(z, offsets, rows, classes, clamped=True), inputs),
+        lambda: vary_like(fast, inputs),
     )
 
 
