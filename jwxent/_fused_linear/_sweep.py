@@ -116,7 +116,7 @@ def _row_losses(u: Array, rows: Rows, shared: Shared) -> Array:
         labels=rows.labels,
         offsets=shared.offsets,
         margins=shared.margins,
-        targets=() if smoothing is None else (smoothing,),
+        targets=None if smoothing is None else {"smoothing": smoothing},
     )
     return integer_label_loss(
         stats,

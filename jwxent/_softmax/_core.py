@@ -11,15 +11,19 @@ logits `z̃ = z + δ` (`offsets`, the logit adjustment) and, for integer labels,
   logits). `shift` has no derivative: the value of `logsumexp` does not depend
   on it.
 * `picked = z̃_y`, the label's logit, without a one-hot;
-* `dots[i] = Σ_k t_k z̃_k` for each target `t = rows · classes` (probability
-  labels times class weights, or a `[C]` smoothing target), with `0·(−inf) = 0`;
-* `prob_dots[i] = Σ_k t_k softmax(z̃)_k` (the poly loss only).
+* `dots[name] = Σ_k t_k (z̃_k − shift)` for each named target
+  `t = rows · classes` (probability labels times class weights, or a `[C]`
+  smoothing target), with `0·(−inf) = 0`. The shift is taken out inside the
+  sum, so `Σ_k t_k (lse − z̃_k) = log_sum·Σ_k t_k − dot` (`cross_entropy`)
+  keeps the precision of the integer-label `nll` when the targets sit on the
+  largest logit;
+* `prob_dots[name] = Σ_k t_k softmax(z̃)_k` (the poly loss only).
 
 `row_stats` is a `jax.custom_jvp`. Its tangent map is linear in the tangents
 and needs only the logits and the per-row statistics:
 
     d log_sum  = Σ_k p_k dz̃_k            d picked = dz̃_y
-    d dot      = Σ_k t_k dz̃_k + Σ_k dt_k z̃_k
+    d dot      = Σ_k t_k dz̃_k + Σ_k dt_k (z̃_k − shift)
     d prob_dot = Σ_k dt_k p_k + Σ_k t_k p_k dz̃_k − prob_dot · d log_sum
 
 JAX transposes it into the fused backward pass, `dz = g·p + g_picked·e_y + g_dot·t`.
@@ -34,6 +38,7 @@ chosen when the program is lowered (`_platform.by_platform`).
 """
 
 import functools
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
@@ -44,13 +49,14 @@ from jwxent._numerics import compute_dtype, expand_rank, finite_or_zero, sum_pre
 from jwxent._platform import by_platform, generic_active
 from jwxent._softmax import _xla_cpu
 from jwxent._softmax._passes import (
-    adjusted,
+    Label,
     label_logit,
     label_tangent,
     prob_dot,
     probabilities,
     separate,
     shift_and_log_sum,
+    shifted,
     take_class,
     target_dot,
     target_values,
@@ -76,8 +82,8 @@ class RowStats(NamedTuple):
     shift: Array
     log_sum: Array
     picked: Array
-    dots: tuple[Array, ...]
-    prob_dots: tuple[Array, ...]
+    dots: dict[str, Array]
+    prob_dots: dict[str, Array]
 
     @property
     def lse(self) -> Array:
@@ -88,6 +94,10 @@ class RowStats(NamedTuple):
     def nll(self) -> Array:
         """`−log softmax(z̃)_y`, summed so that it stays exact for huge logits."""
         return self.log_sum + (self.shift - self.picked)
+
+    def cross_entropy(self, name: str, total: Array) -> Array:
+        """`Σ_k t_k (lse − z̃_k)` of the target `name`, whose sum per row is `total`."""
+        return self.log_sum * total - self.dots[name]
 
 
 # ---------------------------------------------------------------------------
@@ -101,65 +111,55 @@ class _Inputs(NamedTuple):
     labels: Array | None
     offsets: Array | None
     margins: Array | None
-    targets: tuple[Target, ...]
+    targets: dict[str, Target]
 
 
 def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
     z, class_mask, labels, offsets, margins, targets = inputs
     dtype = compute_dtype(z.dtype)
-    picked = None
+    label = None
     if labels is not None:
-        picked = by_platform(z, labels, cpu=_xla_cpu.label_logit, default=label_logit)
-        picked = picked.astype(dtype)
+        logit = by_platform(z, labels, cpu=_xla_cpu.label_logit, default=label_logit)
+        logit = logit.astype(dtype)
         if offsets is not None:
-            picked = picked + take_class(offsets.astype(dtype), labels)
-    label_shift = picked if labels is not None and class_mask is None else None
+            logit = logit + take_class(offsets.astype(dtype), labels)
+        margin = None if margins is None else take_class(margins.astype(dtype), labels)
+        label = Label(labels, logit, margin)
     shift, log_sum = by_platform(
         z,
         class_mask,
         offsets,
-        label_shift,
+        label,
         cpu=_xla_cpu.shift_and_log_sum,
         default=shift_and_log_sum,
     )
-    if picked is None:  # laid out (and varying over mesh axes) like the row statistics
+    if label is None:  # laid out (and varying over mesh axes) like the row statistics
         picked = jnp.zeros_like(shift)
-    margin = None
-    if margins is not None and labels is not None:
-        margin = take_class(margins.astype(dtype), labels)
-        log_sum, picked = _with_margin(shift, log_sum, picked, margin)
+    else:
+        picked = label.logit if label.margin is None else label.logit - label.margin
     # Each later pass reads the logits under its own name (XLA:CPU).
-    z_dots, (_, offsets_dots) = by_platform(
-        z, (log_sum, offsets), cpu=_xla_cpu.separate, default=separate
+    z_dots, (_, offsets_dots, shift_dots) = by_platform(
+        z, (log_sum, offsets, shift), cpu=_xla_cpu.separate, default=separate
     )
-    dots = []
-    for t in targets:
-        dot = by_platform(z_dots, offsets_dots, *t, cpu=_xla_cpu.target_dot, default=target_dot)
-        if margin is not None and labels is not None:
-            dot = dot - _target_at_label(t, labels, dtype) * margin
-        dots.append(dot)
-    prob_dots = []
+    dots = {}
+    for name, t in targets.items():
+        dot = by_platform(
+            z_dots, offsets_dots, shift_dots, *t, cpu=_xla_cpu.target_dot, default=target_dot
+        )
+        if label is not None and label.margin is not None:
+            dot = dot - _target_at_label(t, label.index, dtype) * label.margin
+        dots[name] = dot
+    prob_dots = {}
     if with_prob_dots:
         z_probs, (shift_p, log_sum_p, offsets_p) = by_platform(
             z, (shift, log_sum, offsets), cpu=_xla_cpu.separate, default=separate
         )
         softmax = (z_probs, class_mask, offsets_p, shift_p, log_sum_p)
-        prob_dots = [
-            by_platform(*softmax, *t, cpu=_xla_cpu.prob_dot, default=prob_dot) for t in targets
-        ]
-    return RowStats(shift, log_sum, picked, tuple(dots), tuple(prob_dots))
-
-
-def _with_margin(shift, log_sum, picked, margin) -> tuple[Array, Array]:
-    """`log_sum` and `picked` after subtracting `margin` from the label's logit.
-
-    With `p_y` the label's probability before the margin,
-    `lse' = lse + log(1 − p_y + p_y·e^{−m})`; both terms are positive, so
-    nothing cancels, and no pass over the classes is needed.
-    """
-    log_p = picked - shift - log_sum
-    log_sum = log_sum + jnp.log(-jnp.expm1(log_p) + jnp.exp(log_p - margin))
-    return log_sum, picked - margin
+        prob_dots = {
+            name: by_platform(*softmax, *t, cpu=_xla_cpu.prob_dot, default=prob_dot)
+            for name, t in targets.items()
+        }
+    return RowStats(shift, log_sum, picked, dots, prob_dots)
 
 
 def _d_target_at_label(t: Target, dt: Target, labels: Array, dtype: jnp.dtype) -> Array | None:
@@ -242,37 +242,35 @@ def _tangent_map(
         cpu=_xla_cpu.separate,
         default=separate,
     )
-    p = probabilities(z, class_mask, offsets, shift, log_sum)
-    # Tangent of the adjusted logits z̃ = z + δ (the margin is handled below).
+    margin = d_margin = None
+    if margins is not None and labels is not None:
+        margin = take_class(margins.astype(dtype), labels)
+    # The softmax of z̃ with the label's logit lowered by its margin.
+    label = None if margin is None else Label(labels, picked, margin)
+    p = probabilities(z, class_mask, offsets, shift, log_sum, label)
+    # Tangent of the adjusted logits z̃ = z + δ (the margin's own below).
     dzf = None if dz is None else dz.astype(dtype)
     dzt = sum_present(
         dzf, None if d_offsets is None else expand_rank(d_offsets.astype(dtype), ndim)
     )
     d_log_sum = _sum_rows(None if dzt is None else p * dzt)
 
-    d_picked = margin = d_margin = None
+    d_picked = None
     if d_margins is not None and labels is not None:
         d_margin = take_class(d_margins.astype(dtype), labels)
     if labels is not None:
-        d_label = None if dzf is None else label_tangent(dzf, labels)
+        d_picked = None if dzf is None else label_tangent(dzf, labels)
         if d_offsets is not None:
-            d_label = sum_present(d_label, take_class(d_offsets.astype(dtype), labels))
-        d_picked = d_label
-        if margins is not None:
-            margin = take_class(margins.astype(dtype), labels)
-            # The label's probability with and without its margin, both under
-            # the margined normaliser: p'_y = e^{−m}·q_y.
+            d_picked = sum_present(d_picked, take_class(d_offsets.astype(dtype), labels))
+        if d_margin is not None:
             p_label = jnp.exp(picked - shift - log_sum)
-            q_label = jnp.exp(picked + margin - shift - log_sum)
-            if d_label is not None:
-                d_log_sum = sum_present(d_log_sum, (p_label - q_label) * d_label)
-            if d_margin is not None:
-                d_log_sum = sum_present(d_log_sum, -p_label * d_margin)
-                d_picked = sum_present(d_picked, -d_margin)
+            d_log_sum = sum_present(d_log_sum, -p_label * d_margin)
+            d_picked = sum_present(d_picked, -d_margin)
 
-    zt = finite_or_zero(adjusted(z, offsets, dtype))
-    d_dots, d_prob_dots = [], []
-    for i, (t, dt) in enumerate(zip(targets, d_targets, strict=True)):
+    zt = finite_or_zero(shifted(z, offsets, shift, dtype))
+    d_dots, d_prob_dots = {}, {}
+    for name, t in targets.items():
+        dt = d_targets[name]
         values = target_values(t.rows, t.classes, ndim, dtype)
         d_values = sum_present(
             None if dt.rows is None else target_values(dt.rows, t.classes, ndim, dtype),
@@ -289,15 +287,15 @@ def _tangent_map(
                 _scale(_d_target_at_label(t, dt, labels, dtype), -margin),
                 None if d_margin is None else -_target_at_label(t, labels, dtype) * d_margin,
             )
-        d_dots.append(d_dot)
+        d_dots[name] = d_dot
         if with_prob_dots:
             d_prob = sum_present(
                 _sum_rows(None if d_values is None else d_values * p),
                 _sum_rows(None if dzt is None else values * p * dzt),
-                _scale(d_log_sum, -stats.prob_dots[i]),
+                _scale(d_log_sum, -stats.prob_dots[name]),
             )
-            d_prob_dots.append(d_prob)
-    return RowStats(None, d_log_sum, d_picked, tuple(d_dots), tuple(d_prob_dots))  # type: ignore[arg-type]
+            d_prob_dots[name] = d_prob
+    return RowStats(None, d_log_sum, d_picked, d_dots, d_prob_dots)  # type: ignore[arg-type]
 
 
 def row_stats(
@@ -307,7 +305,7 @@ def row_stats(
     labels: Array | None = None,
     offsets: Array | None = None,
     margins: Array | None = None,
-    targets: tuple[Target, ...] = (),
+    targets: Mapping[str, Target] | None = None,
     with_prob_dots: bool = False,
 ) -> RowStats:
     """Per-row statistics of `[..., C]` logits, differentiable in every mode.
@@ -319,13 +317,13 @@ def row_stats(
       labels: integer `[...]` within `[0, C)`, or None (then `picked` is 0).
       offsets: `[C]` logit adjustment `δ` added inside the softmax, or None.
       margins: `[C]` label margins `m` (with `labels`), or None.
-      targets: the targets of `dots` (and `prob_dots`).
+      targets: the named targets of `dots` (and `prob_dots`), or None.
       with_prob_dots: compute `prob_dots` (static; not with `margins`).
 
     Returns:
       `RowStats` of `[...]` arrays in the compute dtype.
     """
-    inputs = _Inputs(logits, class_mask, labels, offsets, margins, tuple(targets))
+    inputs = _Inputs(logits, class_mask, labels, offsets, margins, dict(targets or {}))
     if logits.shape[-1] == 0:
         return _without_classes(with_prob_dots, inputs)
     return _compiled_row_stats(with_prob_dots, generic_active(), inputs)
@@ -339,8 +337,8 @@ def _without_classes(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
     label-range check reports it.
     """
     zeros = jnp.zeros(inputs.logits.shape[:-1], compute_dtype(inputs.logits.dtype))
-    dots = tuple(zeros for _ in inputs.targets)
-    return RowStats(zeros, zeros, zeros, dots, dots if with_prob_dots else ())
+    dots = dict.fromkeys(inputs.targets, zeros)
+    return RowStats(zeros, zeros, zeros, dots, dots if with_prob_dots else {})
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

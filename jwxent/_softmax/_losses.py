@@ -54,8 +54,8 @@ def integer_label_loss(
     """The per-example loss of integer labels from the core's statistics.
 
     `(1−ε)·c_y·nll + (ε/C)·Σ_k c_k·(lse − z̃_k) + λ_z·c_y·lse²`, NaN where a
-    label is out of range (under `jit`). With label smoothing, `stats.dots[0]`
-    must be the dot with `smoothing_target(labels, label_smoothing)`.
+    label is out of range (under `jit`). With label smoothing, `stats.dots`
+    must hold `"smoothing"`, the dot with `smoothing_target(labels, label_smoothing)`.
     """
     dtype = stats.log_sum.dtype
     # Out-of-range labels under jit: NaN for that example, never a clamped value.
@@ -65,7 +65,7 @@ def integer_label_loss(
         epsilon = hyperparameter(label_smoothing, dtype)
         cw = labels.class_weights
         target_sum = jnp.asarray(num_classes, dtype) if cw is None else jnp.sum(cw)
-        smooth = stats.lse * target_sum - stats.dots[0]
+        smooth = stats.cross_entropy("smoothing", target_sum)
         loss = (1.0 - epsilon) * loss + (epsilon / num_classes) * smooth
     if not is_static_zero(z_loss):
         penalty = hyperparameter(z_loss, dtype) * jnp.square(stats.lse)
@@ -112,7 +112,7 @@ def _integer_label_loss(
         labels=targets.labels,
         offsets=offsets,
         margins=margins,
-        targets=() if smoothing is None else (smoothing,),
+        targets=None if smoothing is None else {"smoothing": smoothing},
     )
     loss = integer_label_loss(
         stats,
@@ -171,7 +171,7 @@ def _probability_label_loss(
     z, class_mask = prepared.masked_inputs(mask)
     smoothed = not is_static_zero(label_smoothing)
     spread, class_sum = probability_smoothing(prepared, cw)
-    targets = (Target(q, cw),) + ((spread,) if smoothed else ())
+    targets = {"labels": Target(q, cw)} | ({"smoothing": spread} if smoothed else {})
     with_poly = poly_epsilon is not None
     stats = row_stats(
         z, class_mask=class_mask, offsets=offsets, targets=targets, with_prob_dots=with_poly
@@ -181,14 +181,14 @@ def _probability_label_loss(
     mass = label_weight
     if mass is None:
         mass = end_row_reductions(jnp.sum(q, axis=-1, dtype=dtype))
-    loss = stats.lse * mass - stats.dots[0]
-    poly = None if not with_poly else mass - stats.prob_dots[0]
+    loss = stats.cross_entropy("labels", mass)
+    poly = None if not with_poly else mass - stats.prob_dots["labels"]
     if smoothed:
         epsilon = hyperparameter(label_smoothing, dtype)
         share = epsilon / prepared.num_classes
-        loss = (1.0 - epsilon) * loss + share * (stats.lse * class_sum - stats.dots[1])
+        loss = (1.0 - epsilon) * loss + share * stats.cross_entropy("smoothing", class_sum)
         if poly is not None:
-            poly = (1.0 - epsilon) * poly + share * (class_sum - stats.prob_dots[1])
+            poly = (1.0 - epsilon) * poly + share * (class_sum - stats.prob_dots["smoothing"])
     if poly is not None and poly_epsilon is not None:
         loss = loss + hyperparameter(poly_epsilon, dtype) * poly
     if not is_static_zero(z_loss):

@@ -5,7 +5,7 @@ Each pass reads the logits in their own dtype and converts inside its fusion.
 `_core.py` chooses between the two with `_platform.by_platform`.
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -142,25 +142,61 @@ def label_tangent(dz: Array, labels: Array) -> Array:
     return jnp.sum(dz * label_hits(dz, labels).astype(dz.dtype), axis=-1)
 
 
+class Label(NamedTuple):
+    """Each row's integer label, for the log-sum-exp pass.
+
+    Attributes:
+      index: `[...]` integer labels within `[0, C)`.
+      logit: `[...]` the label's adjusted logit `z_y + δ_y` (before its margin),
+        in the compute dtype; a form may shift by it.
+      margin: `[...]` the label's margin `m_y` (LDAM), or None.
+    """
+
+    index: Array
+    logit: Array
+    margin: Array | None
+
+
 def shift_and_log_sum(
-    z: Array, class_mask: Array | None, offsets: Array | None, label_shift: Array | None
+    z: Array, class_mask: Array | None, offsets: Array | None, label: Label | None
 ) -> tuple[Array, Array]:
     """`(shift, log Σ_k exp(z̃_k − shift))` per row, shifted by the row max of `z̃`.
 
-    `label_shift` (the label's logit) is an alternative shift that only the
-    XLA:CPU form uses.
+    `z̃ = z + δ`, and with a label margin the label's own logit is lowered by
+    it inside the sum: the margined normaliser is summed directly, never
+    corrected from the plain one (which would cancel when the label's
+    probability rounds to 1).
     """
-    del label_shift
-    zt = masked(adjusted(z, offsets, compute_dtype(z.dtype)), class_mask)
+    zt = margined(masked(adjusted(z, offsets, compute_dtype(z.dtype)), class_mask), label)
     shift = finite_or_zero_shift(jnp.max(zt, axis=-1))
     return shift, jnp.log(jnp.sum(jnp.exp(zt - shift[..., None]), axis=-1))
 
 
-def target_dot(z: Array, offsets: Array | None, rows: Array | None, classes: Array | None) -> Array:
-    """`Σ_k t_k z̃_k` per row with `t = rows · classes`, and `0·(−inf) = 0`."""
+def margined(zt: Array, label: Label | None) -> Array:
+    """`[..., C]` adjusted logits with each row's label logit lowered by its margin."""
+    if label is None or label.margin is None:
+        return zt
+    lowered = jnp.where(label_hits(zt, label.index), label.margin[..., None], 0)
+    return zt - lowered.astype(zt.dtype)
+
+
+def shifted(z: Array, offsets: Array | None, shift: Array, dtype: jnp.dtype) -> Array:
+    """`z̃ − shift` in `dtype`, `shift` per row."""
+    return adjusted(z, offsets, dtype) - shift[..., None].astype(dtype)
+
+
+def target_dot(
+    z: Array, offsets: Array | None, shift: Array, rows: Array | None, classes: Array | None
+) -> Array:
+    """`Σ_k t_k (z̃_k − shift)` per row with `t = rows · classes`, and `0·(−inf) = 0`.
+
+    The shift is taken out inside the sum, so that `Σ_k t_k (lse − z̃_k) =
+    log_sum·Σ_k t_k − dot` does not cancel when the targets sit on the
+    largest logits (a one-hot row is then exactly the integer-label loss).
+    """
     dtype = compute_dtype(z.dtype)
     t = target_values(rows, classes, z.ndim, dtype)
-    products = t * adjusted(z, offsets, dtype)
+    products = t * shifted(z, offsets, shift, dtype)
     return jnp.sum(jnp.where(t == 0, jnp.zeros_like(products), products), axis=-1)
 
 
@@ -175,7 +211,10 @@ def separate(z: Array, stats: tuple[Any, ...]) -> tuple[Array, tuple[Any, ...]]:
     return z, stats
 
 
-def probabilities(z, class_mask, offsets, shift, log_sum) -> Array:
-    """`exp(z̃ − shift − log_sum)`: the softmax, 0 on masked classes."""
-    zt = masked(adjusted(z, offsets, shift.dtype), class_mask)
+def probabilities(z, class_mask, offsets, shift, log_sum, label: Label | None = None) -> Array:
+    """`exp(z̃ − shift − log_sum)`: the softmax, 0 on masked classes.
+
+    With a `label` margin, the label's logit is lowered by it first (LDAM).
+    """
+    zt = margined(masked(adjusted(z, offsets, shift.dtype), class_mask), label)
     return jnp.exp(zt - shift[..., None] - log_sum[..., None])

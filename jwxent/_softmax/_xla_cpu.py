@@ -106,11 +106,18 @@ def _max_shift(z: Array, class_mask: Array | None, offsets: Array | None) -> tup
 
 
 def shift_and_log_sum(
-    z: Array, class_mask: Array | None, offsets: Array | None, label_shift: Array | None
+    z: Array, class_mask: Array | None, offsets: Array | None, label: _passes.Label | None
 ) -> tuple[Array, Array]:
-    """`_passes.shift_and_log_sum`, in one pass shifted by the label's logit if there is one."""
-    if label_shift is None:
+    """`_passes.shift_and_log_sum`, in one pass shifted by the label's logit if there is one.
+
+    With a class mask the label's logit may be masked out; with a margin (LDAM,
+    not a bar of the benchmarks) the generic form sums the margined row.
+    """
+    if label is not None and label.margin is not None:
+        return _passes.shift_and_log_sum(z, class_mask, offsets, label)
+    if label is None or class_mask is not None:
         return _max_shift(z, class_mask, offsets)
+    label_shift = label.logit
     log_sum = _log_sum(z, offsets, label_shift)
     finite = jnp.all(jnp.isfinite(log_sum))
     inputs = (z, class_mask, offsets, label_shift)
@@ -135,7 +142,9 @@ def label_logit(z: Array, labels: Array) -> Array:
     return lax.bitcast_convert_type(_passes.label_logit(bits, labels), z.dtype)
 
 
-def target_dot(z: Array, offsets: Array | None, rows: Array | None, classes: Array | None) -> Array:
+def target_dot(
+    z: Array, offsets: Array | None, shift: Array, rows: Array | None, classes: Array | None
+) -> Array:
     """`_passes.target_dot`: a plain product, clamped only where it gives NaN.
 
     The product (a matrix-vector product for a `[C]` target, else a row sum of
@@ -144,19 +153,21 @@ def target_dot(z: Array, offsets: Array | None, rows: Array | None, classes: Arr
     plain row sum of a probability target runs ~1.5× faster.
     """
     if _passes.class_axis_is_sharded(z):
-        return _row_dot(z, offsets, rows, classes, clamped=True)
+        return _row_dot(z, offsets, shift, rows, classes, clamped=True)
     if rows is None and classes is not None:
+        # A `[C]` target spreads over the classes (smoothing): `z·c − shift·Σc`
+        # does not cancel the way a target on the top logit would.
         dtype = compute_dtype(z.dtype)
         c = classes.astype(dtype)
-        fast = _matvec(z, c)
+        fast = _matvec(z, c) - shift.astype(dtype) * jnp.sum(c)
         if offsets is not None:
             fast = fast + jnp.dot(c, offsets.astype(dtype))
     else:
-        fast = _row_dot(z, offsets, rows, classes, clamped=False)
-    inputs = (z, offsets, rows, classes)
+        fast = _row_dot(z, offsets, shift, rows, classes, clamped=False)
+    inputs = (z, offsets, shift, rows, classes)
     return lax.cond(
         jnp.any(jnp.isnan(fast)),
-        lambda: vary_like(_row_dot(z, offsets, rows, classes, clamped=True), inputs),
+        lambda: vary_like(_row_dot(z, offsets, shift, rows, classes, clamped=True), inputs),
         lambda: vary_like(fast, inputs),
     )
 
@@ -173,7 +184,13 @@ def prob_dot(z, class_mask, offsets, shift, log_sum, rows, classes) -> Array:
 
 
 def _row_dot(
-    z: Array, offsets: Array | None, rows: Array | None, classes: Array | None, *, clamped: bool
+    z: Array,
+    offsets: Array | None,
+    shift: Array,
+    rows: Array | None,
+    classes: Array | None,
+    *,
+    clamped: bool,
 ) -> Array:
     """A row sum of `t·z̃`, or with `clamped` of `t·max(z̃, floor(t))`, exact with −inf logits.
 
@@ -187,6 +204,7 @@ def _row_dot(
         z,
         along_rows={"rows": rows},
         per_class={"offsets": offsets, "classes": classes},
+        per_row={"shift": shift},
     )
 
 
@@ -221,11 +239,16 @@ def _in_pieces(
 
 
 def _row_sum(
-    z: Array, offsets: Array | None, rows: Array | None, classes: Array | None, clamped: bool
+    z: Array,
+    offsets: Array | None,
+    shift: Array,
+    rows: Array | None,
+    classes: Array | None,
+    clamped: bool,
 ) -> Array:
     dtype = compute_dtype(z.dtype)
     t = _passes.target_values(rows, classes, z.ndim, dtype)
-    zt = _passes.adjusted(z, offsets, dtype)
+    zt = _passes.shifted(z, offsets, shift, dtype)
     if clamped:
         zt = jnp.maximum(zt, jnp.finfo(dtype).min / (1 - jnp.sign(t)))
     return jnp.sum(t * zt, axis=-1)
