@@ -15,15 +15,14 @@ maps run under `jax.checkpoint`: reverse mode recomputes the sigmoid from the
 logits instead of storing it.
 """
 
-import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.custom_derivatives import SymbolicZero
 
 from jwxent import _checks, _reduction
+from jwxent._derivatives import with_tangent_map
 from jwxent._numerics import (
     compute_dtype,
     expand_rank,
@@ -89,29 +88,6 @@ def _softplus_pair(x: Array) -> tuple[Array, Array]:
     return jax.nn.softplus(x), jax.nn.softplus(-x)
 
 
-def _no_tangent(t: object) -> bool:
-    return t is None or isinstance(t, SymbolicZero)
-
-
-def _elementwise_jvp(core, tangent_map):
-    """A JVP rule for an elementwise core: the value, and `tangent_map` under checkpoint."""
-    remat = jax.checkpoint(
-        tangent_map, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable
-    )
-
-    def rule(primals, tangents) -> tuple[Any, Any]:
-        (inputs,), (d_inputs,) = primals, tangents
-        value = core(inputs)
-        d_inputs = jax.tree.map(
-            lambda t: None if _no_tangent(t) else t, d_inputs, is_leaf=_no_tangent
-        )
-        if all(leaf is None for leaf in jax.tree.leaves(d_inputs, is_leaf=lambda t: t is None)):
-            return value, SymbolicZero(jax.typeof(value))
-        return value, remat(inputs, d_inputs)
-
-    return rule
-
-
 def _tangent(dx: Array | None, dtype: jnp.dtype, ndim: int) -> Array | None:
     return None if dx is None else expand_rank(dx.astype(dtype), ndim)
 
@@ -134,8 +110,7 @@ def _bce_upcast(inputs: _BCEInputs) -> tuple[Array, Array, Array]:
     return x, y, expand_rank(c, x.ndim)
 
 
-@jax.custom_jvp
-def _bce(inputs: _BCEInputs) -> Array:
+def _bce_of(static: None, inputs: _BCEInputs) -> Array:
     """Elementwise `(1 − y)·softplus(x) + c·y·softplus(−x)`, `c = pos_weight` or 1.
 
     The loss shape is that of `logits` (= `labels`); `pos_weight` broadcasts
@@ -146,7 +121,9 @@ def _bce(inputs: _BCEInputs) -> Array:
     return (1.0 - y) * neg_log_not_p + c * y * neg_log_p
 
 
-def _bce_tangent(inputs: _BCEInputs, d_inputs: _BCEInputs) -> Array | None:
+def _bce_tangent(
+    static: None, inputs: _BCEInputs, value: Array, d_inputs: _BCEInputs
+) -> Array | None:
     x, y, c = _bce_upcast(inputs)
     neg_log_not_p, neg_log_p = _softplus_pair(x)
     s, not_s = _sigmoid_pair(x)
@@ -160,7 +137,7 @@ def _bce_tangent(inputs: _BCEInputs, d_inputs: _BCEInputs) -> Array | None:
     )
 
 
-_bce.defjvp(_elementwise_jvp(_bce, _bce_tangent), symbolic_zeros=True)
+_bce = with_tangent_map(_bce_of, _bce_tangent)
 
 
 # ---------------------------------------------------------------------------
@@ -168,7 +145,7 @@ _bce.defjvp(_elementwise_jvp(_bce, _bce_tangent), symbolic_zeros=True)
 # ---------------------------------------------------------------------------
 
 
-class _FocalInputs(NamedTuple):
+class _SigmoidFocalInputs(NamedTuple):
     logits: Array
     labels: Array
     gamma: Array | None
@@ -204,7 +181,7 @@ def _slope_over_u_jvp(primals, tangents):
     return v, dv + (2.0 * s - 1.0) * _safe_ratio(v, u) * dy
 
 
-def _focal_parts(inputs: _FocalInputs, static_gamma: float | None):
+def _focal_parts(inputs: _SigmoidFocalInputs, static_gamma: float | None):
     """Shared quantities: `x, y, s, 1 − s, CE, u = 1 − p_t, u^γ`."""
     dtype = compute_dtype(inputs.logits.dtype)
     x, y = inputs.logits.astype(dtype), inputs.labels.astype(dtype)
@@ -217,13 +194,18 @@ def _focal_parts(inputs: _FocalInputs, static_gamma: float | None):
     return x, y, s, not_s, ce, u, modulator
 
 
-def _focal(static_gamma: float | None, inputs: _FocalInputs) -> Array:
+def _focal_of(static_gamma: float | None, inputs: _SigmoidFocalInputs) -> Array:
     """Elementwise `(1 − p_t)^γ · CE(x, y)` with `1 − p_t = (1 − y)·s + y·(1 − s)`."""
     *_, ce, _, modulator = _focal_parts(inputs, static_gamma)
     return modulator * ce
 
 
-def _focal_tangent(static_gamma, inputs: _FocalInputs, d_inputs: _FocalInputs) -> Array | None:
+def _focal_tangent(
+    static_gamma: float | None,
+    inputs: _SigmoidFocalInputs,
+    value: Array,
+    d_inputs: _SigmoidFocalInputs,
+) -> Array | None:
     # d/dx: u^γ·(s − y) + γ·u^(γ−1)·(1 − 2y)·s(1 − s)·CE,
     # d/dy: −x·u^γ + γ·u^(γ−1)·(1 − 2s)·CE, d/dγ: u^γ·log(u)·CE. The u^(γ−1)
     # terms are written as u^γ · (… / u): where u underflows to 0, so do they;
@@ -242,13 +224,7 @@ def _focal_tangent(static_gamma, inputs: _FocalInputs, d_inputs: _FocalInputs) -
     )
 
 
-@functools.cache
-def _focal_core(static_gamma: float | None):
-    """The focal core for one static `gamma` (None: `gamma` is an array input)."""
-    core = jax.custom_jvp(functools.partial(_focal, static_gamma))
-    tangent = functools.partial(_focal_tangent, static_gamma)
-    core.defjvp(_elementwise_jvp(core, tangent), symbolic_zeros=True)
-    return core
+_focal = with_tangent_map(_focal_of, _focal_tangent)
 
 
 # ---------------------------------------------------------------------------
@@ -353,7 +329,7 @@ def sigmoid_binary_cross_entropy(
     if not is_static_zero(label_smoothing):
         epsilon = hyperparameter(label_smoothing, y.dtype)
         y = y * (1.0 - epsilon) + 0.5 * epsilon
-    loss = _bce(_BCEInputs(x, y, pos_weight))
+    loss = _bce(None, _BCEInputs(x, y, pos_weight))
     return _reduction.finish(loss, reduction, weights=weights, mask=mask)
 
 
@@ -432,7 +408,7 @@ def sigmoid_focal_loss(
     mask = _reduction.example_mask(x.shape, where=where)
     x, y = _masked_inputs(x, y, mask)
     static_gamma, gamma_array = split_static(gamma, compute_dtype(x.dtype))
-    loss = _focal_core(static_gamma)(_FocalInputs(x, y, gamma_array))
+    loss = _focal(static_gamma, _SigmoidFocalInputs(x, y, gamma_array))
     if alpha is not None:
         alpha = jnp.asarray(alpha)
         _checks.check_broadcastable(alpha, x.shape, "alpha")

@@ -43,8 +43,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.custom_derivatives import SymbolicZero
 
+from jwxent._derivatives import with_tangent_map
 from jwxent._numerics import compute_dtype, expand_rank, finite_or_zero, sum_present
 from jwxent._platform import by_platform, generic_active
 from jwxent._softmax import _xla_cpu
@@ -147,7 +147,7 @@ def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
             z_dots, offsets_dots, shift_dots, *t, cpu=_xla_cpu.target_dot, default=target_dot
         )
         if label is not None and label.margin is not None:
-            dot = dot - _target_at_label(t, label.index, dtype) * label.margin
+            dot = dot - _target_at_label(t, label.labels, dtype) * label.margin
         dots[name] = dot
     prob_dots = {}
     if with_prob_dots:
@@ -179,33 +179,6 @@ def _target_at_label(t: Target, labels: Array, dtype: jnp.dtype) -> Array:
     return value
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _row_stats(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
-    return _forward(with_prob_dots, inputs)
-
-
-def _no_tangent(t: object) -> bool:
-    return t is None or isinstance(t, SymbolicZero)
-
-
-def _row_stats_jvp(with_prob_dots, primals, tangents):
-    (inputs,), (d_inputs,) = primals, tangents
-    stats = _row_stats(with_prob_dots, inputs)
-    d_inputs = jax.tree.map(lambda t: None if _no_tangent(t) else t, d_inputs, is_leaf=_no_tangent)
-    if all(leaf is None for leaf in jax.tree.leaves(d_inputs, is_leaf=lambda t: t is None)):
-        return stats, jax.tree.map(lambda s: SymbolicZero(jax.typeof(s)), stats)
-    d_stats = _tangent_map(with_prob_dots, generic_active(), inputs, stats, d_inputs)
-    zero = SymbolicZero(jax.typeof(stats.shift))
-    return stats, jax.tree.map(lambda d: zero if d is None else d, d_stats, is_leaf=_is_none)
-
-
-_row_stats.defjvp(_row_stats_jvp, symbolic_zeros=True)
-
-
-def _is_none(x: object) -> bool:
-    return x is None
-
-
 def _sum_rows(x: Array | None) -> Array | None:
     return None if x is None else jnp.sum(x, axis=-1)
 
@@ -214,22 +187,15 @@ def _scale(x: Array | None, factor: Array) -> Array | None:
     return None if x is None else factor * x
 
 
-@functools.partial(
-    jax.checkpoint,
-    prevent_cse=False,
-    policy=jax.checkpoint_policies.nothing_saveable,
-    static_argnums=(0, 1),
-)
 def _tangent_map(
-    with_prob_dots: bool, generic: bool, inputs: _Inputs, stats: RowStats, d_inputs: _Inputs
+    static: tuple[bool, bool], inputs: _Inputs, stats: RowStats, d_inputs: _Inputs
 ) -> RowStats:
     """The tangents of `stats`, linear in `d_inputs` (None: no tangent).
 
-    Under `jax.checkpoint`, reverse mode recomputes the probabilities here in
-    the backward pass instead of storing them. `generic` only keys the traces
-    that `jax.checkpoint` caches (see `_platform.generic_only`).
+    Under `jax.checkpoint` (`_derivatives`), reverse mode recomputes the
+    probabilities here in the backward pass instead of storing them.
     """
-    del generic
+    with_prob_dots, _ = static
     z, class_mask, labels, offsets, margins, targets = inputs
     dz, _, _, d_offsets, d_margins, d_targets = d_inputs
     dtype = stats.log_sum.dtype
@@ -246,7 +212,7 @@ def _tangent_map(
     if margins is not None and labels is not None:
         margin = take_class(margins.astype(dtype), labels)
     # The softmax of z̃ with the label's logit lowered by its margin.
-    label = None if margin is None else Label(labels, picked, margin)
+    label = None if margin is None or labels is None else Label(labels, picked, margin)
     p = probabilities(z, class_mask, offsets, shift, log_sum, label)
     # Tangent of the adjusted logits z̃ = z + δ (the margin's own below).
     dzf = None if dz is None else dz.astype(dtype)
@@ -296,6 +262,16 @@ def _tangent_map(
             )
             d_prob_dots[name] = d_prob
     return RowStats(None, d_log_sum, d_picked, d_dots, d_prob_dots)  # type: ignore[arg-type]
+
+
+def _forward_of(static: tuple[bool, bool], inputs: _Inputs) -> RowStats:
+    """`_forward`; the static `(with_prob_dots, generic)`, where `generic` keys the
+    traces cached for `_platform.generic_only`."""
+    with_prob_dots, _ = static
+    return _forward(with_prob_dots, inputs)
+
+
+_row_stats = with_tangent_map(_forward_of, _tangent_map)
 
 
 def row_stats(
@@ -349,5 +325,4 @@ def _compiled_row_stats(with_prob_dots: bool, generic: bool, inputs: _Inputs) ->
     for a new shape, compiled) on its own. `generic` keys the cache on
     `_platform.generic_only`.
     """
-    del generic
-    return _row_stats(with_prob_dots, inputs)
+    return _row_stats((with_prob_dots, generic), inputs)

@@ -31,15 +31,13 @@ $\\sum_k t_k\\,h(\\log p_k)$ with $h(\\lambda) = -(1 - e^{\\lambda})^{\\gamma}\\
 array (then it has a derivative too).
 """
 
-import functools
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
 from jwxent import _checks, _reduction
+from jwxent._derivatives import with_tangent_map
 from jwxent._numerics import (
     expand_rank,
     hyperparameter,
@@ -126,7 +124,7 @@ def _focal_terms(log_p: Array, gamma: ArrayLike, live: Array) -> tuple[Array, Ar
 # ---------------------------------------------------------------------------
 
 
-class _FocalInputs(NamedTuple):
+class _FocalSumInputs(NamedTuple):
     logits: Array
     class_mask: Array | None
     labels: Array | None
@@ -138,7 +136,7 @@ class _FocalInputs(NamedTuple):
     targets: tuple[Target, ...]
 
 
-def _log_probs(inputs: _FocalInputs) -> tuple[Array, Array]:
+def _log_probs(inputs: _FocalSumInputs) -> tuple[Array, Array]:
     """`log softmax(z̃)` from the given log-sum-exp, and where it is finite."""
     dtype = inputs.log_sum.dtype
     zt = adjusted(inputs.logits, inputs.offsets, dtype)
@@ -159,8 +157,7 @@ def _at_label(
     return jnp.where(label_hits(like, labels), value, jnp.zeros((), dtype))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _focal_sums(static_gamma: float | None, inputs: _FocalInputs) -> tuple[Array, ...]:
+def _focal_sums_of(static_gamma: float | None, inputs: _FocalSumInputs) -> tuple[Array, ...]:
     """Per-row `Σ_k t_k·h(log p_k)` for each target, `log p = z̃ − shift − log_sum`."""
     log_p, live = _log_probs(inputs)
     h, _, _ = _focal_terms(log_p, joined(static_gamma, inputs.gamma), live)
@@ -168,32 +165,14 @@ def _focal_sums(static_gamma: float | None, inputs: _FocalInputs) -> tuple[Array
     return tuple(jnp.sum(target_values(*t, log_p.ndim, dtype) * h, axis=-1) for t in inputs.targets)
 
 
-def _focal_sums_jvp(static_gamma, primals, tangents):
-    (inputs,), (d_inputs,) = primals, tangents
-    sums = _focal_sums(static_gamma, inputs)
-    d_inputs = jax.tree.map(
-        lambda t: None if isinstance(t, SymbolicZero) else t,
-        d_inputs,
-        is_leaf=lambda t: isinstance(t, SymbolicZero),
-    )
-    d_sums = _focal_tangents(static_gamma, inputs, d_inputs)
-    zero = SymbolicZero(jax.typeof(inputs.log_sum))
-    return sums, tuple(zero if d is None else d for d in d_sums)
-
-
-_focal_sums.defjvp(_focal_sums_jvp, symbolic_zeros=True)
-
-
-@functools.partial(
-    jax.checkpoint,
-    prevent_cse=False,
-    policy=jax.checkpoint_policies.nothing_saveable,
-    static_argnums=(0,),
-)
 def _focal_tangents(
-    static_gamma: float | None, inputs: _FocalInputs, d_inputs: _FocalInputs
+    static_gamma: float | None,
+    inputs: _FocalSumInputs,
+    sums: tuple[Array, ...],
+    d_inputs: _FocalSumInputs,
 ) -> tuple[Array | None, ...]:
     """The tangents of `_focal_sums`, linear in `d_inputs` (None: no tangent)."""
+    del sums
     dz, _, _, d_offsets, d_margins, d_shift, d_log_sum, d_gamma, d_targets = d_inputs
     log_p, live = _log_probs(inputs)
     dtype = log_p.dtype
@@ -223,6 +202,9 @@ def _focal_tangents(
     return tuple(d_sums)
 
 
+_focal_sums = with_tangent_map(_focal_sums_of, _focal_tangents)
+
+
 def focal_sums(
     z: Array,
     stats: RowStats,
@@ -240,7 +222,7 @@ def focal_sums(
     with `margins` the label's logit lowered by its margin.
     """
     static_gamma, gamma_array = split_static(gamma, stats.shift.dtype)
-    inputs = _FocalInputs(
+    inputs = _FocalSumInputs(
         z,
         class_mask,
         labels,

@@ -10,7 +10,6 @@
 * `cost_weight`: the cost-matrix weight of each example.
 """
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jwxent import _checks, _reduction
+from jwxent._derivatives import recomputed
 from jwxent._numerics import compute_dtype, expand_rank, is_static_zero
 from jwxent._platform import end_row_reductions
 from jwxent._softmax._core import Target
@@ -118,9 +118,7 @@ class PreparedLogits:
         return class_vector(x, self.num_classes, self.dtype, name)
 
 
-@functools.partial(
-    jax.checkpoint, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable
-)
+@recomputed
 def _zero_outside(x: Array, row_mask: Array | None, class_mask: Array | None) -> Array:
     """`x` (`[..., C]`) with the masked rows and classes replaced by 0.
 

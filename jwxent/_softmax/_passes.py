@@ -146,13 +146,13 @@ class Label(NamedTuple):
     """Each row's integer label, for the log-sum-exp pass.
 
     Attributes:
-      index: `[...]` integer labels within `[0, C)`.
+      labels: `[...]` integer labels within `[0, C)`.
       logit: `[...]` the label's adjusted logit `z_y + δ_y` (before its margin),
         in the compute dtype; a form may shift by it.
       margin: `[...]` the label's margin `m_y` (LDAM), or None.
     """
 
-    index: Array
+    labels: Array
     logit: Array
     margin: Array | None
 
@@ -176,7 +176,7 @@ def margined(zt: Array, label: Label | None) -> Array:
     """`[..., C]` adjusted logits with each row's label logit lowered by its margin."""
     if label is None or label.margin is None:
         return zt
-    lowered = jnp.where(label_hits(zt, label.index), label.margin[..., None], 0)
+    lowered = jnp.where(label_hits(zt, label.labels), label.margin[..., None], 0)
     return zt - lowered.astype(zt.dtype)
 
 
