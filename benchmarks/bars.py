@@ -35,6 +35,9 @@ class Row:
     hbm_ratio: float | None = None
     temp_bytes: int | None = None
     reference_temp_bytes: int | None = None
+    traffic_bytes: float | None = None
+    reference_traffic_bytes: float | None = None
+    bound: str | None = None
 
 
 Bar = Callable[[Row], tuple[str, bool] | None]
@@ -85,11 +88,41 @@ def fused_time(row: Row) -> tuple[str, bool] | None:
     return f"time ≤ 1.15× {row.reference}", row.ratio <= 1.15
 
 
+TARGET_TEMP_BYTES_PER_ROW = 2048
+"""Compiled for an accelerator: temp O(batch) means at most this many bytes per example."""
+
+
+def target_temp(row: Row) -> tuple[str, bool] | None:
+    """Accelerator estimate: temp ≤ 2 KiB per example, or no more than the reference's."""
+    if row.temp_bytes is None:
+        return None
+    per_row = row.temp_bytes <= TARGET_TEMP_BYTES_PER_ROW * row.batch
+    no_more = row.reference_temp_bytes is not None and row.temp_bytes <= row.reference_temp_bytes
+    return "temp ≤ 2 KiB/row or ref", per_row or no_more
+
+
+def target_traffic(row: Row) -> tuple[str, bool] | None:
+    """Accelerator estimate: traffic ≤ 1.05× the reference's."""
+    if row.traffic_bytes is None or not row.reference_traffic_bytes:
+        return None
+    return (
+        f"traffic ≤ 1.05× {row.reference}",
+        row.traffic_bytes <= 1.05 * row.reference_traffic_bytes,
+    )
+
+
 LABELS: tuple[Bar, ...] = (time_vs_reference, temp_per_row)
 """Integer labels with smoothing or z-loss, probability labels."""
 INTEGER_LABELS: tuple[Bar, ...] = (*LABELS, within_floor, within_hbm_floor)
 """The plain integer-label loss."""
 FUSED: tuple[Bar, ...] = (fused_temp, fused_time)
+TARGET: tuple[Bar, ...] = (target_temp, target_traffic)
+"""Every loss but the fused one, compiled for an accelerator (`benchmarks.run --target`)."""
+
+
+def target_bars(variant_bars: tuple[Bar, ...]) -> tuple[Bar, ...]:
+    """The bars of a variant's estimate on an accelerator: the fused loss keeps its own."""
+    return FUSED if variant_bars == FUSED else TARGET
 
 
 def verdict(row: Row, bars: Iterable[Bar]) -> str:

@@ -243,7 +243,7 @@ def _compile(fn: Case, args: Sequence[Any]) -> tuple[Any, float]:
     return compiled, time.perf_counter() - start
 
 
-def _memory(compiled: Any) -> dict[str, int | None]:
+def memory(compiled: Any) -> dict[str, int | None]:
     """Temp, argument and output bytes from XLA's memory analysis (None if unavailable)."""
     analysis = compiled.memory_analysis()
     names = ("temp", "argument", "output")
@@ -310,7 +310,7 @@ def measure_cases(
     compiled, records = {}, {}
     for name, fn in cases.items():
         compiled[name], compile_s = _compile(fn, args)
-        records[name] = {"case": name, "compile_s": compile_s, **_memory(compiled[name])}
+        records[name] = {"case": name, "compile_s": compile_s, **memory(compiled[name])}
         records[name]["value"] = None
     for name in cases:
         for _ in range(warmup):

@@ -14,6 +14,12 @@ reference (per example too); and the SPEC §8 bars that apply to the row
 (`benchmarks/bars.py`): `meets`, or `misses:` and the bars missed. A column
 with nothing in it is left out. The ratios are computed here, not stored.
 
+Records of `benchmarks.run --target` (compiled for an accelerator, not run)
+get a section per target, and tables of the roofline estimate instead of
+times: jwxent's estimated `value_and_grad` time and its ratio to the
+reference's, the traffic and temp memory of both, and the accelerator bars
+(`bars.target_bars`).
+
 `--doc` replaces the lines between `<!-- results:start -->` and
 `<!-- results:end -->` of a Markdown file; without it the tables are printed.
 When files hold the same case of the same machine twice, the later one counts.
@@ -47,16 +53,20 @@ def load(paths: Iterable[str | Path]) -> list[Record]:
     return [upgrade(record) for path in paths for record in read_jsonl(path)]
 
 
-def machine(record: Record) -> tuple[str, str, str]:
-    return record["platform"], record["device"], record["cpu"]
+Machine = tuple[str, str, str, str]
 
 
-def sections(records: Iterable[Record]) -> dict[tuple[str, str, str], list[Record]]:
+def machine(record: Record) -> Machine:
+    """Platform, device, host CPU and `--target` ("" for a run on the device itself)."""
+    return record["platform"], record["device"], record["cpu"], record.get("target") or ""
+
+
+def sections(records: Iterable[Record]) -> dict[Machine, list[Record]]:
     """Records by machine, each case once (the last one), in order of appearance."""
     latest: dict[tuple, Record] = {}
     for r in records:
         latest[(machine(r), r["family"], r["shape"], r["dtype"], r["case"])] = r
-    by_machine: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
+    by_machine: dict[Machine, list[Record]] = defaultdict(list)
     for r in latest.values():
         by_machine[machine(r)].append(r)
     return dict(by_machine)
@@ -106,6 +116,41 @@ def _row(loss: str, cases: dict[str, Record], reference: str) -> Row | None:
     )
 
 
+def _est(record: Record | None) -> float | None:
+    return None if record is None else record.get("est_s")
+
+
+def _traffic(record: Record | None) -> float | None:
+    return None if record is None else record.get("traffic_bytes")
+
+
+def _target_row(loss: str, cases: dict[str, Record], reference: str) -> Row | None:
+    """A row of estimates (`--target` records): the ratios are of `est_s`, not of times."""
+    ours = cases.get(f"{loss}/jwxent/{VALUE_AND_GRAD}")
+    if ours is None:
+        return None
+    ref = cases.get(f"{loss}/{reference}/{VALUE_AND_GRAD}")
+    floors = [_est(cases.get(f"{FLOOR}/{impl}/fwd")) for impl in ("reduce", "write")]
+    return Row(
+        shape=ours["shape"],
+        dtype=ours["dtype"],
+        loss=loss,
+        batch=ours["batch"],
+        reference=reference,
+        time_s=_est(ours),
+        ratio=_div(_est(ours), _est(ref)),
+        fwd_ratio=_div(
+            _est(cases.get(f"{loss}/jwxent/fwd")), _est(cases.get(f"{loss}/{reference}/fwd"))
+        ),
+        floor_ratio=_div(_est(ours), None if None in floors else sum(floors)),
+        temp_bytes=ours["temp_bytes"],
+        reference_temp_bytes=None if ref is None else ref["temp_bytes"],
+        traffic_bytes=_traffic(ours),
+        reference_traffic_bytes=_traffic(ref),
+        bound=ours.get("bound"),
+    )
+
+
 def rows(records: Iterable[Record], reference: str) -> list[Row]:
     """One `Row` per shape, dtype and loss of one family on one machine."""
     groups: dict[tuple[str, str], dict[str, Record]] = defaultdict(dict)
@@ -113,8 +158,10 @@ def rows(records: Iterable[Record], reference: str) -> list[Row]:
         groups[(r["shape"], r["dtype"])][r["case"]] = r
     out = []
     for cases in groups.values():
+        estimated = any(r.get("target") for r in cases.values())
+        make_row = _target_row if estimated else _row
         for loss in dict.fromkeys(r["loss"] for r in cases.values() if r["loss"] != FLOOR):
-            row = _row(loss, cases, reference)
+            row = make_row(loss, cases, reference)
             if row is not None:
                 out.append(row)
     return out
@@ -140,6 +187,10 @@ def _bytes(n: float | None) -> str:
         if n >= size:
             return f"{_number(n / size)} {unit}"
     return f"{n:.0f} B"
+
+
+def _gb(n: float | None) -> str:
+    return "–" if n is None else f"{_number(n / 1e9)} GB"
 
 
 def _per_row(row: Row) -> str:
@@ -176,9 +227,38 @@ def columns(family: Family, table_rows: list[Row]) -> list[Column]:
     return [c for c in every if any(c[2](row) != "–" for row in table_rows)]
 
 
+def target_columns(family: Family, table_rows: list[Row]) -> list[Column]:
+    """The columns of an estimate table (`--target` records) that have a value in some row."""
+    ref = family.reference
+
+    def bars_of(row: Row) -> str:
+        variant = family.variant(row.loss)
+        return bars.verdict(row, bars.target_bars(variant.bars) if variant else bars.TARGET)
+
+    every: list[Column] = [
+        ("shape", "---", lambda r: r.shape),
+        ("dtype", "---", lambda r: r.dtype),
+        ("loss", "---", lambda r: r.loss),
+        ("jwxent est. ms", "---:", lambda r: _ms(r.time_s)),
+        (f"est. × {ref}", "---:", lambda r: _x(r.ratio)),
+        (f"fwd × {ref}", "---:", lambda r: _x(r.fwd_ratio)),
+        ("× floor", "---:", lambda r: _x(r.floor_ratio)),
+        ("bound", "---", lambda r: r.bound or "–"),
+        ("jwxent traffic", "---:", lambda r: _gb(r.traffic_bytes)),
+        (f"{ref} traffic", "---:", lambda r: _gb(r.reference_traffic_bytes)),
+        ("traffic ×", "---:", lambda r: _x(_div(r.traffic_bytes, r.reference_traffic_bytes))),
+        ("jwxent temp", "---:", lambda r: _bytes(r.temp_bytes)),
+        (f"{ref} temp", "---:", lambda r: _bytes(r.reference_temp_bytes)),
+        ("temp B/row", "---:", _per_row),
+        ("bars", "---", bars_of),
+    ]
+    return [c for c in every if any(c[2](row) != "–" for row in table_rows)]
+
+
 def table(family: Family, table_rows: list[Row]) -> str:
     """A Markdown table of `rows` with the columns that have values."""
-    cols = columns(family, table_rows)
+    estimated = any(row.traffic_bytes is not None for row in table_rows)
+    cols = (target_columns if estimated else columns)(family, table_rows)
     lines = [
         "| " + " | ".join(c[0] for c in cols) + " |",
         "| " + " | ".join(c[1] for c in cols) + " |",
@@ -191,9 +271,30 @@ def _unique(records: list[Record], field: str) -> str:
     return ", ".join(dict.fromkeys(str(r.get(field)) for r in records))
 
 
+def target_heading(records: list[Record]) -> str:
+    """`### Estimate for <target>: <device>, compiled on <cpu>`, then versions and peaks."""
+    from benchmarks.hlo_traffic import TARGETS  # plain Python: no accelerator plugin needed
+
+    last = records[-1]
+    peaks = TARGETS[last["target"]]
+    dates = sorted(str(r["date"])[:10] for r in records)
+    shas = ", ".join(dict.fromkeys(str(r["git_sha"])[:7] for r in records))
+    return (
+        f"### Estimate for `{last['target']}`: {last['device']} (compiled on {last['cpu']},"
+        " not run)\n\n"
+        f"jax {_unique(records, 'jax')}, git {shas}, {dates[0]} to {dates[-1]}."
+        f" Peaks: {peaks.peak_16 / 1e12:,.0f} TFLOP/s 16-bit,"
+        f" {peaks.peak_32 / 1e12:,.0f} TFLOP/s f32, {peaks.bandwidth / 1e12:.3g} TB/s."
+        " Estimated time = max(flops / peak, traffic / bandwidth) of `value_and_grad`;"
+        " ratios are jwxent's estimate over the column's."
+    )
+
+
 def heading(records: list[Record]) -> str:
     """`### CPU: <model> (<n> cores)` or `### GPU: <device> (host: <cpu>)`, then versions."""
     last = records[-1]
+    if last.get("target"):
+        return target_heading(records)
     cores = f"{last['cpu']}, {last['cpu_count']} cores"
     if last["platform"] == "cpu":
         title = f"CPU: {cores}"
@@ -262,7 +363,7 @@ def plot(records: Iterable[Record], path: str | Path) -> None:
 
     machines = sections(records)
     per_family: dict[str, list[tuple[str, Row]]] = defaultdict(list)
-    for (platform, _, _), machine_records in machines.items():
+    for (platform, *_), machine_records in machines.items():
         prefix = f"{platform}\n" if len(machines) > 1 else ""
         for name, (_, table_rows) in family_tables(machine_records).items():
             per_family[name] += [(f"{prefix}{r.shape}\n{r.dtype}", r) for r in table_rows]

@@ -11,10 +11,17 @@ the tables that `python -m benchmarks.render` puts into `docs/benchmarks.md`.
         --sizes 8192x32000 8192x256x32000 --out /tmp/bf16.jsonl
     python -m benchmarks.run --families fused --repeats 0     # temp memory only, no timing
     python -m benchmarks.run --device gpu             # adds the HBM floor (copy bandwidth)
+    python -m benchmarks.run --target h100            # compiled for an H100 here, not run
+    python -m benchmarks.run --target tpu-v5e --families fused --sizes accel --dtypes bf16
 
 `--sizes` takes names or tags of `benchmarks/shapes.py`; a family runs at the
 ones its registry has (`tiny`, `ci` and `full` exist in both). Without `--out`
 the records go to `benchmarks/results/<machine>.jsonl`.
+
+`--target` (`h100`, `h200`, `tpu-v5e`, `tpu-v6e`) compiles every case for that
+accelerator on this CPU host (`benchmarks/aot.py`: needs the `aot-gpu` or
+`aot-tpu` extra) and records temp memory, traffic, matmul flops and the
+roofline estimate instead of times, to `benchmarks/results/<target>.jsonl`.
 """
 
 import argparse
@@ -26,7 +33,7 @@ from pathlib import Path
 
 import jax
 
-from benchmarks import ORDER, families, floor, harness, render, shapes
+from benchmarks import ORDER, aot, families, floor, harness, render, shapes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -113,7 +120,34 @@ def measure(
     return records
 
 
+def measure_target(
+    selection: Selection, args: argparse.Namespace, progress: Callable[[str], None]
+) -> list[harness.Record]:
+    """Every selected family compiled for `args.target` at its selected shapes."""
+    known = families()
+    records = []
+    for name, losses in selection.items():
+        family = known[name]
+        records += aot.run_family(
+            family,
+            shapes.select(args.sizes, family.registry, strict=False),
+            args.dtypes,
+            args.target,
+            losses=losses,
+            progress=progress,
+        )
+    return records
+
+
 def _summary_line(record: harness.Record) -> str:
+    if record.get("est_s") is not None:
+        return (
+            f"{record['family']:>8} {record['shape']:>16} {record['dtype']:>4}"
+            f" {record['case']:<28} est {1e3 * record['est_s']:>10.3f} ms"
+            f"  traffic {record['traffic_bytes'] / 1e9:>9.3f} GB"
+            f"  temp {record['temp_bytes'] / 2**20:>10.2f} MiB"
+        )
+
     median, temp = record["median_s"], record["temp_bytes"]
     time_text = "–" if median is None else f"{1e3 * median:.3f} ms"
     temp_text = "–" if temp is None else f"{temp / 2**20:.2f} MiB"
@@ -149,6 +183,11 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "gpu", "tpu"), help="default: auto"
     )
+    cli.add_argument(
+        "--target",
+        choices=list(aot.TOPOLOGIES),
+        help="compile for this accelerator on the CPU host, run nothing (needs an aot extra)",
+    )
     cli.add_argument("--out", type=Path, help="JSON-lines file (default: results/<machine>.jsonl)")
     cli.add_argument("--append", action="store_true", help="append to --out instead of replacing")
     return cli
@@ -162,16 +201,24 @@ def main(argv: list[str] | None = None) -> int:
         cli.error(f"unknown --sizes {sorted(unknown)}; known: {sorted(shapes.known())}")
     if args.repeats < 0:
         cli.error("--repeats must be at least 0")
+    if args.target:
+        # The compile-only device needs the accelerator's plugin, but JAX itself on the CPU.
+        jax.config.update("jax_platforms", "cpu")
     try:
         known = families()
         selection = parse_selection(args.families or list(known), known)
-        device = pick_device(args.device)
+        device = aot.device(args.target) if args.target else pick_device(args.device)
     except ValueError as error:
         cli.error(str(error))
     start = time.perf_counter()
     progress = lambda line: print(line, file=sys.stderr, flush=True)
-    records = harness.with_environment(measure(selection, args, device, progress), device)
-    out = args.out or default_out(device)
+    if args.target:
+        env = aot.environment(args.target)
+        records = [{**env, **r} for r in measure_target(selection, args, progress)]
+        out = args.out or RESULTS / f"{args.target}.jsonl"
+    else:
+        records = harness.with_environment(measure(selection, args, device, progress), device)
+        out = args.out or default_out(device)
     harness.write_jsonl(out, records, append=args.append)
     for record in records:
         print(_summary_line(record))

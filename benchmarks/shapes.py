@@ -8,9 +8,10 @@ Two registries, one per kind of input:
   (`LinearShape`), for the fused linear + cross-entropy loss.
 
 The `"ci"` tag marks the sizes small enough for the test suite; `"full"` marks
-the sizes of the performance bars (SPEC §8). Both registries have a `"tiny"`
-shape, so `--sizes tiny` gives every benchmark family its smoke size. Select by
-name or tag:
+the sizes of the performance bars (SPEC §8); `"accel"` marks the fused loss's
+large-vocabulary sizes, compiled for accelerators only (`benchmarks.run
+--target`). Both registries have a `"tiny"` shape, so `--sizes tiny` gives
+every benchmark family its smoke size. Select by name or tag:
 
     >>> [s.name for s in select(["tiny"])]
     ['tiny']
@@ -105,6 +106,10 @@ LINEAR_SHAPES: dict[str, LinearShape] = {
         _linear(8192, 256, 32000, "full"),
         _linear(4096, 1024, 32000, "full"),
         _linear(8192, 1024, 32000, "full"),
+        # Llama-3-size vocabularies, compiled for accelerators only (`--target`, `--sizes accel`):
+        # too slow on a CPU for the `full` run.
+        _linear(8192, 4096, 128256, "accel"),
+        _linear(32768, 4096, 128256, "accel"),
     )
 }
 

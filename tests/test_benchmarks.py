@@ -15,7 +15,7 @@ import jax
 import pytest
 
 import benchmarks
-from benchmarks import bars, floor, harness, render, run, shapes
+from benchmarks import aot, bars, floor, harness, render, run, shapes
 
 FAMILIES = benchmarks.families()
 
@@ -195,3 +195,76 @@ def test_old_softmax_records_still_render():
     old |= {"benchmark": "softmax"}
     assert render.upgrade(old)["case"] == "int/jwxent/value_and_grad"
     assert "| tiny | f32 | int | 1,000 |" in render.render([render.upgrade(old)])
+
+
+def _target_records(target="h100"):
+    """Every case of softmax and fused at tiny, as if compiled for `target`: jwxent moves less."""
+    records = []
+    for name in ("softmax", "fused"):
+        family = FAMILIES[name]
+        for case in harness.build_cases(family):
+            ours = "/jwxent/" in case
+            temp = 0 if ours else 1000
+            record = _record(name, family.registry["tiny"], "bf16", case, None, temp, "gpu")
+            traffic = 8e5 if ours else 1e6
+            record |= {"target": target, "traffic_bytes": traffic, "flops": 0.0}
+            record |= {"est_s": traffic / 3.35e12, "bound": "memory"}
+            records.append(record)
+    return records
+
+
+def test_render_target_estimates():
+    text = render.render(_target_records())
+    assert text.startswith("### Estimate for `h100`: NVIDIA H200 (compiled on AMD EPYC, not run)")
+    assert "989 TFLOP/s 16-bit" in text and "3.35 TB/s" in text
+    assert "| jwxent est. ms | est. × optax |" in text
+    assert "| tiny | bf16 | int | 0.000239 | 0.80 |" in text
+    assert "| memory | 0.0008 GB | 0.001 GB | 0.80 | 0 B | 1000 B |" in text
+    # Less traffic and temp: every loss meets the accelerator bars, the fused loss its own.
+    assert text.count("| meets |") == len(FAMILIES["softmax"].variants) + 1
+    assert "misses" not in text
+
+
+def test_target_bars():
+    row = bars.Row("s", "bf16", "int", batch=10, reference="optax", temp_bytes=20480)
+    row = dataclasses.replace(row, traffic_bytes=1.05, reference_traffic_bytes=1.0)
+    assert bars.verdict(row, bars.TARGET) == "meets"
+    row = dataclasses.replace(row, temp_bytes=20481, traffic_bytes=1.06)
+    assert bars.verdict(row, bars.TARGET) == (
+        "misses: temp ≤ 2 KiB/row or ref, traffic ≤ 1.05× optax"
+    )
+    assert bars.verdict(dataclasses.replace(row, reference_temp_bytes=20481), bars.TARGET) == (
+        "misses: traffic ≤ 1.05× optax"
+    )
+    assert bars.target_bars(bars.FUSED) == bars.FUSED
+    assert bars.target_bars(bars.LABELS) == bars.TARGET
+
+
+def test_target_run_on_the_cpu_compiler(tmp_path, fast_compile, monkeypatch):
+    # The deviceless path end to end, with the CPU standing in for the accelerator.
+    monkeypatch.setattr(aot, "device", lambda target: jax.devices("cpu")[0])
+    family = FAMILIES["fused"]
+    records = aot.run_family(family, [family.registry["tiny"]], ["bf16"], "h100")
+    assert {r["case"] for r in records} == set(harness.build_cases(family))
+    for r in records:
+        assert set(harness.RECORD) - {"device", "platform", "device_count", "cpu", "cpu_count"} - {
+            "jax",
+            "jaxlib",
+            "git_sha",
+            "date",
+        } <= set(r)
+        assert set(aot.TARGET_RECORD) <= set(r)
+        assert r["target"] == "h100" and r["median_s"] is None and r["temp_bytes"] >= 0
+        assert r["traffic_bytes"] > 0 and r["est_s"] > 0 and r["flops"] > 0
+
+
+def test_unknown_target_or_missing_compiler_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as error:
+        run.main(["--target", "a100", "--out", "/dev/null"])
+    assert error.value.code == 2
+    try:
+        aot.device("tpu-v5e")
+    except ValueError as missing:
+        with pytest.raises(SystemExit) as error:
+            run.main(["--target", "tpu-v5e", "--out", "/dev/null"])
+        assert error.value.code == 2 and str(missing) in capsys.readouterr().err
