@@ -27,8 +27,13 @@ to stabilise and no large intermediate to avoid.
 import jax.numpy as jnp
 
 from jwxent import _checks, _reduction
-from jwxent._numerics import compute_dtype, expand_rank, hyperparameter, is_static_zero
-from jwxent._softmax._inputs import class_vector
+from jwxent._numerics import (
+    class_vector,
+    compute_dtype,
+    expand_rank,
+    hyperparameter,
+    is_static_zero,
+)
 from jwxent._typing import Array, ArrayLike, Reduction
 
 

@@ -17,7 +17,9 @@ import numbers
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
+from jwxent import _checks
 from jwxent._typing import Array, ArrayLike
 
 
@@ -105,3 +107,32 @@ def joined(static: float | None, traced: Array | None) -> ArrayLike:
     if traced is not None:
         return traced
     return 0.0 if static is None else static
+
+
+def focal_power(u: Array, gamma: ArrayLike) -> Array:
+    """`u^γ` for `u` in [0, 1]: `integer_pow` for a Python integer, else a power."""
+    if is_python_number(gamma):
+        value = float(gamma)  # type: ignore[arg-type]
+        if value == 0:
+            return jnp.ones_like(u)
+        if value.is_integer():
+            return lax.integer_pow(u, int(value))
+    return _fractional_power(u, jnp.asarray(gamma).astype(u.dtype))
+
+
+def _fractional_power(u: Array, gamma: ArrayLike) -> Array:
+    """`u^γ` whose derivative `γ·u^(γ−1)` is never evaluated at `u` = 0 (inf·0)."""
+    positive = u > 0
+    at_zero = jnp.power(jnp.zeros_like(u), gamma)  # 0, or 1 for γ = 0
+    return jnp.where(positive, jnp.power(jnp.where(positive, u, 1.0), gamma), at_zero)
+
+
+def class_vector(
+    x: ArrayLike | None, num_classes: int, dtype: jnp.dtype, name: str
+) -> Array | None:
+    """`x` checked to be a floating `[num_classes]` vector, cast to `dtype` (None stays)."""
+    if x is None:
+        return None
+    x = jnp.asarray(x)
+    _checks.check_class_vector(x, num_classes, name)
+    return x.astype(dtype)

@@ -26,13 +26,13 @@ from jwxent._derivatives import with_tangent_map
 from jwxent._numerics import (
     compute_dtype,
     expand_rank,
+    focal_power,
     hyperparameter,
     is_static_zero,
     joined,
     split_static,
     sum_present,
 )
-from jwxent._softmax._focal import focal_power
 from jwxent._typing import Array, ArrayLike, Reduction
 
 # ---------------------------------------------------------------------------

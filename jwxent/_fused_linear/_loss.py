@@ -12,9 +12,10 @@ import jax.numpy as jnp
 from jwxent import _checks, _reduction
 from jwxent._fused_linear._chunks import chunked, make_plan
 from jwxent._fused_linear._sweep import Rows, Shared, capped, per_token, weighted_sum
-from jwxent._numerics import compute_dtype, hyperparameter, is_static_zero
-from jwxent._softmax._inputs import class_vector, prepare_integer_labels
-from jwxent._softmax._losses import check_options, softmax_cross_entropy_with_integer_labels
+from jwxent._numerics import class_vector, compute_dtype, hyperparameter, is_static_zero
+from jwxent._softmax._inputs import prepare_integer_labels
+from jwxent._softmax._losses import softmax_cross_entropy_with_integer_labels
+from jwxent._softmax._options import Options
 from jwxent._typing import Array, ArrayLike, Reduction
 
 Implementation = Literal["xla", "chunked"]
@@ -203,7 +204,7 @@ def linear_softmax_cross_entropy(
     x, w, labels = jnp.asarray(x), jnp.asarray(w), jnp.asarray(labels)
     bias = None if bias is None else jnp.asarray(bias)
     _check_inputs(x, w, labels, bias)
-    check_options(label_smoothing, z_loss, reduction)
+    Options(label_smoothing=label_smoothing, z_loss=z_loss, reduction=reduction)
     _check_fused_options(logit_soft_cap, chunk_size, implementation)
     if implementation == "xla":
         if where is not None:

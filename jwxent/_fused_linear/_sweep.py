@@ -46,9 +46,8 @@ from jwxent._fused_linear._chunks import (
 from jwxent._numerics import compute_dtype
 from jwxent._platform import by_platform
 from jwxent._softmax._core import Target, row_stats
-from jwxent._softmax._inputs import IntegerLabels
-from jwxent._softmax._losses import integer_label_loss
 from jwxent._softmax._passes import take_class
+from jwxent._softmax._pipeline import example_finish, integer_cross_entropy
 from jwxent._typing import Array
 
 # The weight gradient of a chunk is added this many blocks of hidden rows at a time.
@@ -103,28 +102,18 @@ def _row_losses(u: Array, rows: Rows, shared: Shared) -> Array:
     dtype = u.dtype
     z = capped(u, None if shared.soft_cap is None else shared.soft_cap.astype(dtype))
     cw = shared.class_weights
-    labels = IntegerLabels(
-        labels=rows.labels,
-        valid=rows.valid,
-        mask=None,
-        class_weights=cw,
-        label_weight=None if cw is None else take_class(cw, rows.labels),
-    )
-    smoothing = None if shared.label_smoothing is None else Target(None, cw)
+    label_weight = None if cw is None else take_class(cw, rows.labels)
+    smoothing, total = None, None
+    if shared.label_smoothing is not None:
+        smoothing = {"smoothing": Target(None, cw)}
+        total = jnp.asarray(z.shape[-1], dtype) if cw is None else jnp.sum(cw)
     stats = row_stats(
-        z,
-        labels=rows.labels,
-        offsets=shared.offsets,
-        margins=shared.margins,
-        targets=None if smoothing is None else {"smoothing": smoothing},
+        z, labels=rows.labels, offsets=shared.offsets, margins=shared.margins, targets=smoothing
     )
-    return integer_label_loss(
-        stats,
-        labels,
-        num_classes=z.shape[-1],
-        label_smoothing=0.0 if shared.label_smoothing is None else shared.label_smoothing,
-        z_loss=0.0 if shared.z_loss is None else shared.z_loss,
-    )
+    epsilon = 0.0 if shared.label_smoothing is None else shared.label_smoothing
+    loss = integer_cross_entropy(stats, label_weight, total, epsilon, z.shape[-1])
+    z_loss = 0.0 if shared.z_loss is None else shared.z_loss
+    return example_finish(loss, stats.lse, label_weight, rows.valid, z_loss)
 
 
 def _uncapped_logits(x: Array, shared: Shared) -> Array:

@@ -34,55 +34,35 @@ array (then it has a derivative too).
 from typing import NamedTuple
 
 import jax.numpy as jnp
-from jax import lax
 
-from jwxent import _checks, _reduction
+from jwxent import _reduction
 from jwxent._derivatives import with_tangent_map
 from jwxent._numerics import (
     expand_rank,
+    focal_power,
     hyperparameter,
-    is_python_number,
     is_static_zero,
     joined,
     split_static,
     sum_present,
 )
-from jwxent._softmax._core import RowStats, Target, row_stats
-from jwxent._softmax._inputs import (
-    PreparedLogits,
-    check_smoothing_has_classes,
-    check_smoothing_without_class_mask,
-    cost_weight,
-    expected_class_weight,
-    prepare_integer_labels,
-    prepare_probability_labels,
-    probability_smoothing,
-)
-from jwxent._softmax._losses import check_options, label_margin_vector, smoothing_target
+from jwxent._softmax._core import RowStats, Target
+from jwxent._softmax._options import Options
 from jwxent._softmax._passes import adjusted, label_hits, masked, take_class, target_values
+from jwxent._softmax._pipeline import (
+    Prepared,
+    finish,
+    prepare_integer,
+    prepare_probability,
+    smoothed,
+    smoothing,
+    statistics,
+)
 from jwxent._typing import Array, ArrayLike, Axis, Reduction
 
 # ---------------------------------------------------------------------------
 # The focal term h(log p) = −(1 − p)^γ · log p.
 # ---------------------------------------------------------------------------
-
-
-def focal_power(u: Array, gamma: ArrayLike) -> Array:
-    """`u^γ` for `u` in [0, 1]: `integer_pow` for a Python integer, else a power."""
-    if is_python_number(gamma):
-        value = float(gamma)  # type: ignore[arg-type]
-        if value == 0:
-            return jnp.ones_like(u)
-        if value.is_integer():
-            return lax.integer_pow(u, int(value))
-    return _fractional_power(u, jnp.asarray(gamma).astype(u.dtype))
-
-
-def _fractional_power(u: Array, gamma: ArrayLike) -> Array:
-    """`u^γ` whose derivative `γ·u^(γ−1)` is never evaluated at `u` = 0 (inf·0)."""
-    positive = u > 0
-    at_zero = jnp.power(jnp.zeros_like(u), gamma)  # 0, or 1 for γ = 0
-    return jnp.where(positive, jnp.power(jnp.where(positive, u, 1.0), gamma), at_zero)
 
 
 def modulated_nll(log_p: Array, gamma: ArrayLike) -> Array:
@@ -206,39 +186,26 @@ _focal_sums = with_tangent_map(_focal_sums_of, _focal_tangents)
 
 
 def focal_sums(
-    z: Array,
-    stats: RowStats,
-    *,
-    class_mask: Array | None,
-    offsets: Array | None,
-    gamma: ArrayLike,
-    targets: tuple[Target, ...],
-    labels: Array | None = None,
-    margins: Array | None = None,
+    prepared: Prepared, stats: RowStats, *, gamma: ArrayLike, targets: tuple[Target, ...]
 ) -> tuple[Array, ...]:
     """`Σ_k t_k·h(log p_k)` per row for each target, differentiable in every mode.
 
     `p` is the softmax of `row_stats`, whose `stats` are given: `z + δ`, and
-    with `margins` the label's logit lowered by its margin.
+    with margins the label's logit lowered by its margin.
     """
     static_gamma, gamma_array = split_static(gamma, stats.shift.dtype)
     inputs = _FocalSumInputs(
-        z,
-        class_mask,
-        labels,
-        offsets,
-        margins,
+        prepared.z,
+        prepared.class_mask,
+        prepared.labels,
+        prepared.offsets,
+        prepared.margins,
         stats.shift,
         stats.log_sum,
         gamma_array,
         tuple(targets),
     )
     return _focal_sums(static_gamma, inputs)
-
-
-def _check_focal_options(gamma, label_smoothing, z_loss, reduction) -> None:
-    check_options(label_smoothing, z_loss, reduction)
-    _checks.check_nonnegative(gamma, "gamma")
 
 
 # ---------------------------------------------------------------------------
@@ -329,32 +296,16 @@ def softmax_focal_loss(
       Lin et al., *Focal Loss for Dense Object Detection*, ICCV 2017; Keras,
       `keras.losses.CategoricalFocalCrossentropy`.
     """
-    _check_focal_options(gamma, label_smoothing, z_loss, reduction)
-    prepared = PreparedLogits(logits, axis, where)
-    check_smoothing_has_classes(label_smoothing, prepared)
-    mask = prepared.row_mask
-    q = prepare_probability_labels(labels, prepared, mask)
-    cw = prepared.class_vector(class_weights, "class_weights")
-    offsets = prepared.class_vector(logit_adjustment, "logit_adjustment")
-    z, class_mask = prepared.masked_inputs(mask)
-    stats = row_stats(z, class_mask=class_mask, offsets=offsets)
-    smoothed = not is_static_zero(label_smoothing)
-    targets = (Target(q, cw),) + ((probability_smoothing(prepared, cw)[0],) if smoothed else ())
-    sums = focal_sums(
-        z, stats, class_mask=class_mask, offsets=offsets, gamma=gamma, targets=targets
-    )
-    loss = sums[0]
-    if smoothed:
-        epsilon = hyperparameter(label_smoothing, prepared.dtype)
-        loss = (1.0 - epsilon) * loss + (epsilon / prepared.num_classes) * sums[1]
-    label_weight = expected_class_weight(q, cw, prepared.dtype)
-    if not is_static_zero(z_loss):
-        penalty = hyperparameter(z_loss, prepared.dtype) * jnp.square(stats.lse)
-        loss = loss + _reduction.scale(penalty, label_weight)
-    cost = cost_weight(cost_matrix, prepared, z, class_mask, probabilities=q)
-    return _reduction.finish(
-        loss, reduction, weights=weights, mask=mask, label_weight=label_weight, cost=cost
-    )
+    options = Options.of(locals())
+    prepared = prepare_probability(logits, labels, axis, where, options)
+    stats = statistics(prepared)
+    targets = (Target(prepared.probabilities, prepared.class_weights),)
+    if options.smoothed:
+        targets += (smoothing(prepared)[0],)
+    sums = focal_sums(prepared, stats, gamma=gamma, targets=targets)
+    spread = sums[1] if options.smoothed else None
+    loss = smoothed(sums[0], spread, label_smoothing, prepared.num_classes)
+    return finish(loss, stats, prepared, options)
 
 
 def softmax_focal_loss_with_integer_labels(
@@ -445,51 +396,12 @@ def softmax_focal_loss_with_integer_labels(
       Lin et al., *Focal Loss for Dense Object Detection*, ICCV 2017. Cui et
       al., *Class-Balanced Loss Based on Effective Number of Samples*, CVPR 2019.
     """
-    _check_focal_options(gamma, label_smoothing, z_loss, reduction)
-    prepared = PreparedLogits(logits, axis, where)
-    check_smoothing_without_class_mask(label_smoothing, prepared)
-    targets = prepare_integer_labels(
-        labels,
-        batch_shape=prepared.batch_shape,
-        num_classes=prepared.num_classes,
-        dtype=prepared.dtype,
-        row_mask=prepared.row_mask,
-        class_weights=class_weights,
-        ignore_index=ignore_index,
-    )
-    offsets = prepared.class_vector(logit_adjustment, "logit_adjustment")
-    margins = label_margin_vector(label_margins, prepared)
-    z, class_mask = prepared.masked_inputs(targets.mask)
-    stats = row_stats(
-        z, class_mask=class_mask, labels=targets.labels, offsets=offsets, margins=margins
-    )
-    log_p_label = -stats.nll
-    loss = _reduction.scale(modulated_nll(log_p_label, gamma), targets.label_weight)
-    smoothing = smoothing_target(targets, label_smoothing)
-    if smoothing is not None:
-        epsilon = hyperparameter(label_smoothing, prepared.dtype)
-        (spread,) = focal_sums(
-            z,
-            stats,
-            class_mask=class_mask,
-            offsets=offsets,
-            gamma=gamma,
-            targets=(smoothing,),
-            labels=targets.labels,
-            margins=margins,
-        )
-        loss = (1.0 - epsilon) * loss + (epsilon / prepared.num_classes) * spread
-    if not is_static_zero(z_loss):
-        penalty = hyperparameter(z_loss, prepared.dtype) * jnp.square(stats.lse)
-        loss = loss + _reduction.scale(penalty, targets.label_weight)
-    # Out-of-range labels under jit: NaN for that example, never a clamped value.
-    loss = jnp.where(targets.valid, loss, jnp.nan)
-    cost = cost_weight(cost_matrix, prepared, z, class_mask, labels=targets.labels)
-    return _reduction.finish(
-        loss,
-        reduction,
-        weights=weights,
-        mask=targets.mask,
-        label_weight=targets.label_weight,
-        cost=cost,
-    )
+    options = Options.of(locals())
+    prepared = prepare_integer(logits, labels, axis, where, options)
+    stats = statistics(prepared)
+    loss = _reduction.scale(modulated_nll(-stats.nll, gamma), prepared.label_weight)
+    spread = None
+    if options.smoothed:
+        (spread,) = focal_sums(prepared, stats, gamma=gamma, targets=(smoothing(prepared)[0],))
+    loss = smoothed(loss, spread, label_smoothing, prepared.num_classes)
+    return finish(loss, stats, prepared, options)

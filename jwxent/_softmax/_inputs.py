@@ -18,7 +18,7 @@ from jax import lax
 
 from jwxent import _checks, _reduction
 from jwxent._derivatives import recomputed
-from jwxent._numerics import compute_dtype, expand_rank, is_static_zero
+from jwxent._numerics import class_vector, compute_dtype, expand_rank, is_static_zero
 from jwxent._platform import end_row_reductions
 from jwxent._softmax._core import Target
 from jwxent._softmax._passes import (
@@ -129,15 +129,11 @@ def _zero_outside(x: Array, row_mask: Array | None, class_mask: Array | None) ->
     return x if keep is None else jnp.where(keep, x, jnp.zeros_like(x))
 
 
-def class_vector(
-    x: ArrayLike | None, num_classes: int, dtype: jnp.dtype, name: str
-) -> Array | None:
-    """`x` checked to be a floating `[num_classes]` vector, cast to `dtype` (None stays)."""
-    if x is None:
-        return None
-    x = jnp.asarray(x)
-    _checks.check_class_vector(x, num_classes, name)
-    return x.astype(dtype)
+def label_margin_vector(label_margins: ArrayLike | None, prepared: PreparedLogits) -> Array | None:
+    """`label_margins` checked: a margin needs the label inside the softmax."""
+    if label_margins is not None and prepared.logit_mask is not None:
+        raise ValueError("`label_margins` cannot be combined with a logits-shaped `where`.")
+    return prepared.class_vector(label_margins, "label_margins")
 
 
 class IntegerLabels(NamedTuple):

@@ -1,203 +1,62 @@
 """The softmax cross-entropy losses: integer labels, probability labels, poly.
 
-Each loss is the same four steps: prepare the inputs (`_inputs.py`), take the
-per-row statistics from the custom-JVP core (`_core.row_stats`), combine them
-into the per-example loss in plain JAX on `[batch]` vectors (here), and finish
-with `_reduction.finish`. Everything linear in the per-example loss (weights,
+Each public loss packs its keywords into one `Options` value and runs the
+pipeline of `_pipeline.py`: prepare the inputs, take the per-row statistics
+from the custom-JVP core (`_core.row_stats`), form the loss's per-row term in
+plain JAX on `[batch]` vectors, and finish. Everything linear in the per-example loss (weights,
 class weights, masks, smoothing, z-loss, reductions) stays in plain JAX, so
 autodiff gives the cotangents of those arguments, and traced hyperparameters
 need no special case.
 """
 
-import jax.numpy as jnp
-
-from jwxent import _checks, _reduction
-from jwxent._numerics import hyperparameter, is_static_zero
-from jwxent._platform import end_row_reductions
-from jwxent._softmax._core import RowStats, Target, row_stats
-from jwxent._softmax._inputs import (
-    IntegerLabels,
-    PreparedLogits,
-    check_smoothing_has_classes,
-    check_smoothing_without_class_mask,
-    cost_weight,
-    expected_class_weight,
-    prepare_integer_labels,
-    prepare_probability_labels,
-    probability_smoothing,
+from jwxent._softmax._core import Target
+from jwxent._softmax._options import Options
+from jwxent._softmax._pipeline import (
+    finish,
+    integer_cross_entropy,
+    prepare_integer,
+    prepare_probability,
+    probability_cross_entropy,
+    smoothing,
+    statistics,
 )
 from jwxent._typing import Array, ArrayLike, Axis, Reduction
 
 
-def check_options(label_smoothing: ArrayLike, z_loss: ArrayLike, reduction: str) -> None:
-    """The checks every softmax loss shares."""
-    _checks.check_label_smoothing(label_smoothing)
-    _checks.check_nonnegative(z_loss, "z_loss")
-    _checks.check_reduction(reduction)
-
-
-def smoothing_target(labels: IntegerLabels, label_smoothing: ArrayLike) -> Target | None:
-    """The `[C]` target that label smoothing spreads over (class weights or ones)."""
-    if is_static_zero(label_smoothing):
-        return None
-    return Target(None, labels.class_weights)
-
-
-def integer_label_loss(
-    stats: RowStats,
-    labels: IntegerLabels,
-    *,
-    num_classes: int,
-    label_smoothing: ArrayLike,
-    z_loss: ArrayLike,
-) -> Array:
-    """The per-example loss of integer labels from the core's statistics.
-
-    `(1−ε)·c_y·nll + (ε/C)·Σ_k c_k·(lse − z̃_k) + λ_z·c_y·lse²`, NaN where a
-    label is out of range (under `jit`). With label smoothing, `stats.dots`
-    must hold `"smoothing"`, the dot with `smoothing_target(labels, label_smoothing)`.
-    """
-    dtype = stats.log_sum.dtype
-    # Out-of-range labels under jit: NaN for that example, never a clamped value.
-    nll = jnp.where(labels.valid, stats.nll, jnp.nan)
-    loss = _reduction.scale(nll, labels.label_weight)
-    if not is_static_zero(label_smoothing):
-        epsilon = hyperparameter(label_smoothing, dtype)
-        cw = labels.class_weights
-        target_sum = jnp.asarray(num_classes, dtype) if cw is None else jnp.sum(cw)
-        smooth = stats.cross_entropy("smoothing", target_sum)
-        loss = (1.0 - epsilon) * loss + (epsilon / num_classes) * smooth
-    if not is_static_zero(z_loss):
-        penalty = hyperparameter(z_loss, dtype) * jnp.square(stats.lse)
-        loss = loss + _reduction.scale(penalty, labels.label_weight)
-    return loss
-
-
 def _integer_label_loss(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    axis: Axis,
-    where: ArrayLike | None,
-    weights: ArrayLike | None,
-    class_weights: ArrayLike | None,
-    cost_matrix: ArrayLike | None,
-    ignore_index: int | None,
-    label_smoothing: ArrayLike,
-    z_loss: ArrayLike,
-    logit_adjustment: ArrayLike | None,
-    label_margins: ArrayLike | None,
-    reduction: Reduction,
+    logits: ArrayLike, labels: ArrayLike, axis: Axis, where: ArrayLike | None, options: Options
 ) -> Array:
-    """Implementation of `softmax_cross_entropy_with_integer_labels`."""
-    check_options(label_smoothing, z_loss, reduction)
-    prepared = PreparedLogits(logits, axis, where)
-    check_smoothing_without_class_mask(label_smoothing, prepared)
-    targets = prepare_integer_labels(
-        labels,
-        batch_shape=prepared.batch_shape,
-        num_classes=prepared.num_classes,
-        dtype=prepared.dtype,
-        row_mask=prepared.row_mask,
-        class_weights=class_weights,
-        ignore_index=ignore_index,
+    """The integer-label softmax cross-entropy through the pipeline."""
+    prepared = prepare_integer(logits, labels, axis, where, options)
+    spread, total = smoothing(prepared) if options.smoothed else (None, None)
+    stats = statistics(prepared, None if spread is None else {"smoothing": spread})
+    loss = integer_cross_entropy(
+        stats, prepared.label_weight, total, options.label_smoothing, prepared.num_classes
     )
-    offsets = prepared.class_vector(logit_adjustment, "logit_adjustment")
-    margins = label_margin_vector(label_margins, prepared)
-    z, class_mask = prepared.masked_inputs(targets.mask)
-    smoothing = smoothing_target(targets, label_smoothing)
-    stats = row_stats(
-        z,
-        class_mask=class_mask,
-        labels=targets.labels,
-        offsets=offsets,
-        margins=margins,
-        targets=None if smoothing is None else {"smoothing": smoothing},
-    )
-    loss = integer_label_loss(
-        stats,
-        targets,
-        num_classes=prepared.num_classes,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-    )
-    cost = cost_weight(cost_matrix, prepared, z, class_mask, labels=targets.labels)
-    return _reduction.finish(
-        loss,
-        reduction,
-        weights=weights,
-        mask=targets.mask,
-        label_weight=targets.label_weight,
-        cost=cost,
-    )
-
-
-def label_margin_vector(label_margins: ArrayLike | None, prepared: PreparedLogits) -> Array | None:
-    """`label_margins` checked: a margin needs the label inside the softmax."""
-    if label_margins is not None and prepared.logit_mask is not None:
-        raise ValueError("`label_margins` cannot be combined with a logits-shaped `where`.")
-    return prepared.class_vector(label_margins, "label_margins")
+    return finish(loss, stats, prepared, options)
 
 
 def _probability_label_loss(
     logits: ArrayLike,
     labels: ArrayLike,
-    *,
     axis: Axis | None,
     where: ArrayLike | None,
-    weights: ArrayLike | None,
-    class_weights: ArrayLike | None,
-    cost_matrix: ArrayLike | None,
-    label_smoothing: ArrayLike,
-    z_loss: ArrayLike,
-    logit_adjustment: ArrayLike | None,
-    reduction: Reduction,
-    poly_epsilon: ArrayLike | None = None,
+    options: Options,
 ) -> Array:
-    """Implementation of the probability-label softmax losses.
+    """The probability-label softmax losses (and PolyLoss) through the pipeline.
 
     With targets `t = c·q̃`, `q̃ = (1−ε)·q + ε/C`, the loss is
     `Σ_k t_k·(lse − z̃_k)`, split into the `q` part and the smoothing part so
-    that neither `q̃` nor `t` is ever written out. With `poly_epsilon`, adds the
-    PolyLoss term `ε_poly·Σ_k t_k·(1 − p_k)`.
+    that neither `q̃` nor `t` is ever written out.
     """
-    check_options(label_smoothing, z_loss, reduction)
-    prepared = PreparedLogits(logits, axis, where)
-    check_smoothing_has_classes(label_smoothing, prepared)
-    mask = prepared.row_mask
-    q = prepare_probability_labels(labels, prepared, mask)
-    cw = prepared.class_vector(class_weights, "class_weights")
-    offsets = prepared.class_vector(logit_adjustment, "logit_adjustment")
-    z, class_mask = prepared.masked_inputs(mask)
-    smoothed = not is_static_zero(label_smoothing)
-    spread, class_sum = probability_smoothing(prepared, cw)
-    targets = {"labels": Target(q, cw)} | ({"smoothing": spread} if smoothed else {})
-    with_poly = poly_epsilon is not None
-    stats = row_stats(
-        z, class_mask=class_mask, offsets=offsets, targets=targets, with_prob_dots=with_poly
-    )
-    dtype = prepared.dtype
-    label_weight = expected_class_weight(q, cw, dtype)
-    mass = label_weight
-    if mass is None:
-        mass = end_row_reductions(jnp.sum(q, axis=-1, dtype=dtype))
-    loss = stats.cross_entropy("labels", mass)
-    poly = None if not with_poly else mass - stats.prob_dots["labels"]
-    if smoothed:
-        epsilon = hyperparameter(label_smoothing, dtype)
-        share = epsilon / prepared.num_classes
-        loss = (1.0 - epsilon) * loss + share * stats.cross_entropy("smoothing", class_sum)
-        if poly is not None:
-            poly = (1.0 - epsilon) * poly + share * (class_sum - stats.prob_dots["smoothing"])
-    if poly is not None and poly_epsilon is not None:
-        loss = loss + hyperparameter(poly_epsilon, dtype) * poly
-    if not is_static_zero(z_loss):
-        penalty = hyperparameter(z_loss, dtype) * jnp.square(stats.lse)
-        loss = loss + _reduction.scale(penalty, label_weight)
-    cost = cost_weight(cost_matrix, prepared, z, class_mask, probabilities=q)
-    return _reduction.finish(
-        loss, reduction, weights=weights, mask=mask, label_weight=label_weight, cost=cost
-    )
+    prepared = prepare_probability(logits, labels, axis, where, options)
+    targets = {"labels": Target(prepared.probabilities, prepared.class_weights)}
+    total = None
+    if options.smoothed:
+        targets["smoothing"], total = smoothing(prepared)
+    stats = statistics(prepared, targets, with_prob_dots=options.poly_epsilon is not None)
+    loss = probability_cross_entropy(stats, prepared, total, options)
+    return finish(loss, stats, prepared, options)
 
 
 # ---------------------------------------------------------------------------
@@ -309,21 +168,8 @@ def softmax_cross_entropy_with_integer_labels(
       and log-sum). Forward and reverse mode, `vmap`, `jax.hessian` and
       traced hyperparameters all work.
     """
-    return _integer_label_loss(
-        logits,
-        labels,
-        axis=axis,
-        where=where,
-        weights=weights,
-        class_weights=class_weights,
-        cost_matrix=cost_matrix,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        logit_adjustment=logit_adjustment,
-        label_margins=label_margins,
-        reduction=reduction,
-    )
+    options = Options.of(locals())
+    return _integer_label_loss(logits, labels, axis, where, options)
 
 
 def softmax_cross_entropy(
@@ -396,19 +242,8 @@ def softmax_cross_entropy(
       backward pass without writing `t` out; the cotangent of `labels` is
       returned too. Forward and reverse mode both work.
     """
-    return _probability_label_loss(
-        logits,
-        labels,
-        axis=axis,
-        where=where,
-        weights=weights,
-        class_weights=class_weights,
-        cost_matrix=cost_matrix,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        logit_adjustment=logit_adjustment,
-        reduction=reduction,
-    )
+    options = Options.of(locals())
+    return _probability_label_loss(logits, labels, axis, where, options)
 
 
 def safe_softmax_cross_entropy(
@@ -442,19 +277,7 @@ def safe_softmax_cross_entropy(
       ...     print(jwxent.safe_softmax_cross_entropy(logits, labels))
       [0.6931]
     """
-    return softmax_cross_entropy(
-        logits,
-        labels,
-        axis,
-        where,
-        weights=weights,
-        class_weights=class_weights,
-        cost_matrix=cost_matrix,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        logit_adjustment=logit_adjustment,
-        reduction=reduction,
-    )
+    return _probability_label_loss(logits, labels, axis, where, Options.of(locals()))
 
 
 def poly_loss_cross_entropy(
@@ -515,18 +338,5 @@ def poly_loss_cross_entropy(
       Leng et al., *PolyLoss: A Polynomial Expansion Perspective of
       Classification Loss Functions*, ICLR 2022.
     """
-    _checks.check_hyperparameter(epsilon, "epsilon", minimum=-float("inf"))
-    return _probability_label_loss(
-        logits,
-        labels,
-        axis=axis,
-        where=where,
-        weights=weights,
-        class_weights=class_weights,
-        cost_matrix=cost_matrix,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        logit_adjustment=logit_adjustment,
-        reduction=reduction,
-        poly_epsilon=epsilon,
-    )
+    options = Options.of(locals(), poly_epsilon=epsilon)
+    return _probability_label_loss(logits, labels, axis, where, options)
