@@ -13,10 +13,17 @@ or `'.[aot-tpu]'` (`jax[tpu]`), best in a venv of its own, and JAX on the CPU
 (`JAX_PLATFORMS=cpu`; `benchmarks.run --target` sets it).
 
     python -m benchmarks.run --target h100 --families fused --sizes accel --dtypes bf16
+
+Where one case's bytes go, kernel by kernel:
+
+    python -m benchmarks.aot --target h100 --case fused/mean/jwxent/value_and_grad \\
+        --size 8192x4096x128256 --dtype bf16
 """
 
+import argparse
 import dataclasses
 import functools
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -25,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from benchmarks import harness, hlo_traffic
+from benchmarks import families, harness, hlo_traffic
 from benchmarks.shapes import DTYPES, LinearShape, Shape
 
 TARGET_FILES = Path(__file__).resolve().parent / "targets"
@@ -175,3 +182,46 @@ def environment(target: str) -> harness.Record:
     host = harness.environment(jax.devices("cpu")[0])
     platform = "gpu" if TOPOLOGIES[target].platform == "cuda" else "tpu"
     return {**host, "device": where.device_kind, "platform": platform, "device_count": 1}
+
+
+def explain(family: str, case: str, size: str, dtype: str, target: str, top: int = 15) -> str:
+    """One case's counts and its `top` heaviest kernels, compiled for `target`, as text."""
+    fam = families()[family]
+    (shape,) = [s for s in fam.registry.values() if s.name == size]
+    avals = abstract(fam.make_inputs(shape, DTYPES[dtype]), device(target))
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        compiled, _ = compile_case(harness.build_cases(fam)[case], avals)
+    hlo = compiled.as_text()
+    record = estimate(compiled, target)
+    lines = [
+        f"{family} {case} {size} {dtype} on {target}: est {1e3 * record['est_s']:.3f} ms"
+        f" ({record['bound']}), traffic {record['traffic_bytes'] / 1e9:.3f} GB,"
+        f" {record['flops'] / 1e12:.3f} TFLOP, temp {record['temp_bytes'] / 2**20:.1f} MiB",
+        f"{'kernel':<60} {'runs':>6} {'GB':>10} {'TFLOP':>8}",
+    ]
+    for name, runs, nbytes, flops in hlo_traffic.top_kernels(hlo, top):
+        lines.append(f"{name:<60} {runs:>6} {nbytes / 1e9:>10.3f} {flops / 1e12:>8.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = argparse.ArgumentParser(description="Where one case's traffic goes, on a target.")
+    cli.add_argument("--target", required=True, choices=list(TOPOLOGIES))
+    cli.add_argument(
+        "--case",
+        default="fused/mean/jwxent/value_and_grad",
+        help="family/loss/impl/mode (default: fused/mean/jwxent/value_and_grad)",
+    )
+    cli.add_argument("--size", default="8192x1024x32000", help="a shape name of the family")
+    cli.add_argument("--dtype", default="bf16", choices=list(DTYPES))
+    cli.add_argument("--top", type=int, default=15, help="kernels to list")
+    args = cli.parse_args(argv)
+    # The compile-only device needs the accelerator's plugin, but JAX itself on the CPU.
+    jax.config.update("jax_platforms", "cpu")
+    family, case = args.case.split("/", 1)
+    print(explain(family, case, args.size, args.dtype, args.target, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

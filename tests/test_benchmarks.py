@@ -268,3 +268,14 @@ def test_unknown_target_or_missing_compiler_is_a_usage_error(capsys):
         with pytest.raises(SystemExit) as error:
             run.main(["--target", "tpu-v5e", "--out", "/dev/null"])
         assert error.value.code == 2 and str(missing) in capsys.readouterr().err
+
+
+def test_explain_lists_the_heaviest_kernels(fast_compile, monkeypatch, capsys):
+    monkeypatch.setattr(aot, "device", lambda target: jax.devices("cpu")[0])
+    monkeypatch.setattr(jax.config, "update", lambda *args: None)  # JAX is already on the CPU
+    argv = ["--target", "h100", "--size", "tiny", "--top", "3"]
+    assert aot.main([*argv, "--case", "fused/mean/unfused/value_and_grad"]) == 0
+    head, columns, *kernels = capsys.readouterr().out.splitlines()
+    assert head.startswith("fused mean/unfused/value_and_grad tiny bf16 on h100: est ")
+    assert columns.split() == ["kernel", "runs", "GB", "TFLOP"]
+    assert 1 <= len(kernels) <= 3
