@@ -278,11 +278,12 @@ def target_heading(records: list[Record]) -> str:
     last = records[-1]
     peaks = TARGETS[last["target"]]
     dates = sorted(str(r["date"])[:10] for r in records)
+    when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
     shas = ", ".join(dict.fromkeys(str(r["git_sha"])[:7] for r in records))
     return (
         f"### Estimate for `{last['target']}`: {last['device']} (compiled on {last['cpu']},"
         " not run)\n\n"
-        f"jax {_unique(records, 'jax')}, git {shas}, {dates[0]} to {dates[-1]}."
+        f"jax {_unique(records, 'jax')}, git {shas}, {when}."
         f" Peaks: {peaks.peak_16 / 1e12:,.0f} TFLOP/s 16-bit,"
         f" {peaks.peak_32 / 1e12:,.0f} TFLOP/s f32, {peaks.bandwidth / 1e12:.3g} TB/s."
         " Estimated time = max(flops / peak, traffic / bandwidth) of `value_and_grad`;"
