@@ -86,6 +86,7 @@ def class_balance_update(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     ignore_index: int | None = None,
+    axis_name: _class_weights.AxisName | None = None,
 ) -> ClassBalanceState:
     r"""Folds one batch of labels into the class-frequency EMA.
 
@@ -120,6 +121,14 @@ def class_balance_update(
     after masking carries no frequency information and leaves the state
     unchanged (`num_updates` is not incremented).
 
+    **Data parallelism.** The batch is the global batch: under `jax.jit` with
+    the labels sharded over devices or processes (`Auto` or `Explicit` mesh
+    axes) the counts are summed across them, so every device and process
+    folds in the same frequencies and holds the same state. Inside
+    `jax.shard_map` or `jax.pmap`, pass the mapped batch axis as `axis_name`
+    for the same effect; without it each shard would update its own estimate
+    from its own examples.
+
     Args:
       state: the current `ClassBalanceState`.
       labels: integer labels `[*batch]` or probabilities
@@ -136,6 +145,9 @@ def class_balance_update(
       where: bool mask broadcastable to the batch shape, as in `class_counts`.
       weights: per-example multiplier, as in `class_counts`.
       ignore_index: integer labels equal to it are not counted.
+      axis_name: inside `shard_map` or `pmap`, the mapped axis (or axes) the
+        batch is split over, as in `class_counts`: the counts are summed over
+        it, so every shard gets the same state.
 
     Returns:
       The new `ClassBalanceState`.
@@ -168,7 +180,12 @@ def class_balance_update(
     num_classes = state.ema.shape[0]
     floor = _min_frequency(min_frequency, num_classes)
     counts = _class_weights.class_counts(
-        labels, num_classes, where=where, weights=weights, ignore_index=ignore_index
+        labels,
+        num_classes,
+        where=where,
+        weights=weights,
+        ignore_index=ignore_index,
+        axis_name=axis_name,
     )
     counts = counts.astype(state.ema.dtype)
     total = jnp.sum(counts)

@@ -1,15 +1,20 @@
 """Class weights: counting examples per class, weights from counts, cost matrices."""
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jwxent import _checks, _reduction
 from jwxent._numerics import widest_float
 from jwxent._typing import Array, ArrayLike
+
+AxisName = Hashable | tuple[Hashable, ...]
+"""A named mapped axis (`shard_map`, `pmap`), or several."""
 
 # ---------------------------------------------------------------------------
 # Counting examples per class.
@@ -23,6 +28,7 @@ def class_counts(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     ignore_index: int | None = None,
+    axis_name: AxisName | None = None,
 ) -> Array:
     r"""The (weighted) number of examples of each class, as floats.
 
@@ -36,8 +42,18 @@ def class_counts(
     n_c = \sum_i m_i\,w_i\,q_{i,c}.
     $$
 
-    Integer labels are counted with a segment sum, never a one-hot, so this is
+    Integer labels are counted with a scatter-add, never a one-hot, so this is
     cheap for any vocabulary size. The result feeds `class_weights_from_counts`.
+
+    **Sharded and multi-process batches.** Under `jax.jit` with the batch
+    sharded over devices (and processes, after `jax.distributed.initialize`),
+    the counts are those of the whole global batch, replicated on every
+    device: each device counts its own examples and one all-reduce of the
+    `[num_classes]` counts sums them. This holds with `Auto` and with
+    `Explicit` mesh axes (there the result's type is replicated, `P()`).
+    Inside `jax.shard_map` or `jax.pmap` a function sees only its shard;
+    pass the mapped axis (or axes) as `axis_name` to sum the counts over it
+    with `jax.lax.psum`.
 
     Args:
       labels: integer class indices of any batch shape `[*batch]`, or
@@ -49,6 +65,11 @@ def class_counts(
         `sample_weight`); weighted counts as in scikit-learn's
         `compute_class_weight(..., sample_weight=)`.
       ignore_index: integer labels equal to it are not counted (PyTorch).
+      axis_name: inside `jax.shard_map` or `jax.pmap`, the name (or tuple of
+        names) of the mapped axes the batch is split over: the counts are
+        summed over them, so every shard gets the global counts. None (the
+        default) counts the examples the function sees, which under `jit` is
+        the whole global batch.
 
     Returns:
       `[num_classes]` counts, float32 (float64 when the probability labels or
@@ -78,7 +99,30 @@ def class_counts(
       >>> soft = jnp.array([[0.5, 0.5, 0.0], [0.0, 0.25, 0.75]])
       >>> print(jwxent.class_counts(soft, 3))
       [0.5  0.75 0.75]
+
+      Inside `shard_map`, `axis_name` sums the shards' counts:
+
+      >>> import jax
+      >>> from jax.sharding import AxisType, PartitionSpec as P
+      >>> mesh = jax.make_mesh((1,), ("batch",), axis_types=(AxisType.Auto,))
+      >>> count = jax.shard_map(
+      ...     lambda y: jwxent.class_counts(y, 4, axis_name="batch"),
+      ...     mesh=mesh, in_specs=P("batch"), out_specs=P())
+      >>> print(count(labels))
+      [1. 1. 3. 0.]
     """
+    counts = _local_counts(labels, num_classes, where, weights, ignore_index)
+    return counts if axis_name is None else jax.lax.psum(counts, axis_name)
+
+
+def _local_counts(
+    labels: ArrayLike,
+    num_classes: int,
+    where: ArrayLike | None,
+    weights: ArrayLike | None,
+    ignore_index: int | None,
+) -> Array:
+    """`class_counts` of the examples this function sees (no collective over named axes)."""
     _checks.check_num_classes(num_classes)
     labels = jnp.asarray(labels)
     if jnp.issubdtype(labels.dtype, jnp.floating):
@@ -89,9 +133,35 @@ def class_counts(
     )
     _checks.check_labels_in_range(labels, num_classes, mask)
     weight = _masked_example_weights(weights, mask, labels.shape, widest_float())
-    # segment_sum drops indices outside [0, num_classes): out-of-range labels
-    # under jit are not counted (jnp.bincount would clip negatives into class 0).
-    return jax.ops.segment_sum(weight.ravel(), labels.ravel(), num_segments=num_classes)
+    return _scatter_counts(weight, labels, num_classes)
+
+
+def _scatter_counts(weight: Array, labels: Array, num_classes: int) -> Array:
+    """`[num_classes]` sums of `weight` `[*batch]` by integer `labels` `[*batch]`.
+
+    One scatter-add (no one-hot, no reshape of the batch). Labels outside
+    `[0, num_classes)` are dropped, negative ones included: out-of-range
+    labels under jit are not counted (`jnp.bincount` would clip negatives
+    into class 0). With `Explicit` mesh axes the output sharding of a scatter
+    with sharded indices must be named: the counts are replicated, which XLA
+    compiles as a local scatter and one all-reduce of `[num_classes]`.
+    """
+    zeros = jnp.zeros((num_classes,), weight.dtype)
+    return zeros.at[labels].add(
+        weight,
+        mode="drop",
+        wrap_negative_indices=False,
+        out_sharding=_replicated_if_explicit(labels, weight),
+    )
+
+
+def _replicated_if_explicit(*arrays: Array) -> NamedSharding | None:
+    """A replicated sharding on the arrays' mesh if it has `Explicit` axes, else None."""
+    for array in arrays:
+        mesh = getattr(jax.typeof(array).sharding, "mesh", None)
+        if mesh is not None and AxisType.Explicit in mesh.axis_types:
+            return NamedSharding(mesh, P())
+    return None
 
 
 def _soft_counts(
