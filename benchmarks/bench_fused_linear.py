@@ -6,7 +6,7 @@ dtype (of `x` and `w`), the forward pass and `value_and_grad` in `(x, w)` of
 * `fused`: `jwxent.linear_softmax_cross_entropy(x, w, labels, reduction="mean")`,
 * `unfused`: `optax.softmax_cross_entropy_with_integer_labels(x @ w, labels).mean()`,
 
-with XLA's `memory_analysis()` temp bytes: the SPEC §8 bars are temp memory
+with XLA's `memory_analysis()` temp bytes: the performance bars are temp memory
 ≤ 1/8 and time ≤ 1.15× of unfused, forward+backward. The case's `loss` is
 `mean` and its `impl` is `jwxent` or `unfused`.
 """

@@ -9,7 +9,7 @@ Logits `[batch, classes]` with independent 0/1 labels in the logits' dtype
 * `focal`: `sigmoid_focal_loss(alpha=0.25, gamma=2)` against
   `optax.sigmoid_focal_loss(alpha=0.25, gamma=2)`.
 
-No floor and no SPEC §8 bar: the sigmoid losses are elementwise.
+No floor and no performance bar: the sigmoid losses are elementwise.
 """
 
 import jax

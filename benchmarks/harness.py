@@ -117,7 +117,7 @@ class Variant:
       baselines: impl name -> the same loss written without jwxent (optax with
         the same weighting by hand, a naive `jnp` formula, ...).
       modes: what is timed, among `MODES`.
-      bars: the SPEC §8 bars a table row of this variant is checked against
+      bars: the performance bars a table row of this variant is checked against
         (`benchmarks/bars.py`).
     """
 

@@ -10,7 +10,7 @@ loss, jwxent's median `value_and_grad` time; its ratio to the family's
 reference (optax with the same weighting by hand, a plain-JAX formula, the
 unfused projection), forward only, to the other baselines (a naive loss), to
 the measured floor and to the HBM floor; the temp memory of jwxent and the
-reference (per example too); and the SPEC §8 bars that apply to the row
+reference (per example too); and the performance bars that apply to the row
 (`benchmarks/bars.py`): `meets`, or `misses:` and the bars missed. A column
 with nothing in it is left out. The ratios are computed here, not stored.
 
@@ -222,7 +222,7 @@ def columns(family: Family, table_rows: list[Row]) -> list[Column]:
         ("jwxent temp", "---:", lambda r: _bytes(r.temp_bytes)),
         (f"{ref} temp", "---:", lambda r: _bytes(r.reference_temp_bytes)),
         ("temp B/row", "---:", _per_row),
-        ("SPEC §8", "---", bars_of),
+        ("bars", "---", bars_of),
     ]
     return [c for c in every if any(c[2](row) != "–" for row in table_rows)]
 

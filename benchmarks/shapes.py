@@ -8,7 +8,7 @@ Two registries, one per kind of input:
   (`LinearShape`), for the fused linear + cross-entropy loss.
 
 The `"ci"` tag marks the sizes small enough for the test suite; `"full"` marks
-the sizes of the performance bars (SPEC §8); `"accel"` marks the fused loss's
+the sizes of the performance bars; `"accel"` marks the fused loss's
 large-vocabulary sizes, compiled for accelerators only (`benchmarks.run
 --target`). Both registries have a `"tiny"` shape, so `--sizes tiny` gives
 every benchmark family its smoke size. Select by name or tag:
