@@ -132,7 +132,8 @@ def _local_counts(
         labels.shape, where=where, labels=labels, ignore_index=ignore_index
     )
     _checks.check_labels_in_range(labels, num_classes, mask)
-    weight = _masked_example_weights(weights, mask, labels.shape, widest_float())
+    layout = _explicit_sharding(labels)
+    weight = _masked_example_weights(weights, mask, labels.shape, widest_float(), layout)
     return _scatter_counts(weight, labels, num_classes)
 
 
@@ -158,10 +159,26 @@ def _scatter_counts(weight: Array, labels: Array, num_classes: int) -> Array:
 def _replicated_if_explicit(*arrays: Array) -> NamedSharding | None:
     """A replicated sharding on the arrays' mesh if it has `Explicit` axes, else None."""
     for array in arrays:
-        mesh = getattr(jax.typeof(array).sharding, "mesh", None)
-        if mesh is not None and AxisType.Explicit in mesh.axis_types:
-            return NamedSharding(mesh, P())
+        sharding = _explicit_sharding(array)
+        if sharding is not None:
+            return NamedSharding(sharding.mesh, P())
     return None
+
+
+def _explicit_sharding(x: Array) -> NamedSharding | None:
+    """The sharding in the type of `x` when its mesh has `Explicit` axes, else None."""
+    sharding = jax.typeof(x).sharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or AxisType.Explicit not in mesh.axis_types:
+        return None
+    return sharding
+
+
+def _laid_out(x: Array, layout: NamedSharding | None) -> Array:
+    """`x` resharded to `layout` (sharding in types), if given and different."""
+    if layout is None or jax.typeof(x).sharding == layout:
+        return x
+    return jax.sharding.reshard(x, layout)
 
 
 def _soft_counts(
@@ -180,29 +197,41 @@ def _soft_counts(
     _checks.check_shape(labels, expected, "labels", "[*batch, num_classes] probabilities")
     batch_shape = labels.shape[:-1]
     mask = _reduction.example_mask(batch_shape, where=where)
-    weight = _masked_example_weights(weights, mask, batch_shape, widest_float(labels.dtype))
+    layout = _explicit_sharding(labels)
+    if layout is not None:
+        layout = NamedSharding(layout.mesh, P(*layout.spec[: len(batch_shape)]))
+    weight = _masked_example_weights(
+        weights, mask, batch_shape, widest_float(labels.dtype), layout
+    )
     # Double where: masked rows are replaced, so a NaN there cannot reach the sum.
     q = labels.astype(weight.dtype)
     if mask is not None:
-        q = jnp.where(mask[..., None], q, jnp.zeros_like(q))
+        q = jnp.where(_laid_out(mask, layout)[..., None], q, jnp.zeros_like(q))
     return jnp.sum(weight[..., None] * q, axis=tuple(range(len(batch_shape))))
 
 
 def _masked_example_weights(
-    weights: ArrayLike | None, mask: Array | None, batch_shape: tuple[int, ...], dtype: jnp.dtype
+    weights: ArrayLike | None,
+    mask: Array | None,
+    batch_shape: tuple[int, ...],
+    dtype: jnp.dtype,
+    layout: NamedSharding | None = None,
 ) -> Array:
-    """Per-example weights (ones by default), exactly 0 where masked.
+    """Per-example weights `[*batch]` (ones by default), exactly 0 where masked.
 
-    In `dtype`, widened to float64 for float64 `weights`.
+    In `dtype`, widened to float64 for float64 `weights`. With `Explicit` mesh
+    axes, laid out as `layout` (the labels' batch sharding), so that the mask,
+    the weights and the labels agree in type.
     """
     if weights is not None:
         dtype = widest_float(dtype, jnp.asarray(weights).dtype)
     weight = _reduction.example_weights(weights, batch_shape, dtype)
     if weight is None:
         weight = jnp.ones(batch_shape, dtype)
+    weight = _laid_out(weight, layout)
     if mask is None:
         return weight
-    return jnp.where(mask, weight, jnp.zeros_like(weight))
+    return jnp.where(_laid_out(mask, layout), weight, jnp.zeros_like(weight))
 
 
 # ---------------------------------------------------------------------------
