@@ -114,6 +114,47 @@ def test_class_counts_out_of_range_labels():
     np.testing.assert_array_equal(jitted, [1.0, 1.0, 0.0])
 
 
+def test_class_counts_with_labels_sharded_in_types():
+    """`Explicit` mesh axes: batch-sharded labels count into replicated counts.
+
+    The scatter-add of sharded indices names its output sharding, and the
+    mask and weights are laid out like the labels. One device suffices: the
+    sharding is in the types. Many processes: `tests/test_multiprocess.py`.
+    """
+    d = random_labels((2, 6), 5)
+    labels = np.where(d["ignored"], IGNORE, d["labels"])
+    weights, where = np.tile(d["weights"][:, None], 6), np.tile(d["where"][:, None], 6)
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    sharded = lambda a, *spec: jax.device_put(a, jax.NamedSharding(mesh, jax.P(*spec)))
+    kwargs = {"weights": weights, "where": where, "ignore_index": IGNORE}
+
+    def counts(labels, probs):
+        state = jwxent.class_balance_update(jwxent.class_balance_init(5), labels, **kwargs)
+        hard = jwxent.class_counts(labels, 5, **kwargs)
+        return hard, jwxent.class_counts(probs, 5, where=d["where"]), state.ema
+
+    with jax.set_mesh(mesh):
+        got = jax.jit(counts)(sharded(labels, "data"), sharded(d["probs"], "data"))
+    expected = counts(labels, d["probs"])
+    for a, b in zip(got, expected, strict=True):
+        assert a.sharding.spec == jax.P(None)
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_class_counts_axis_name_sums_over_shard_map():
+    labels = np.array([0, 2, 2, 1, 2, 0, 0, 1], np.int32)
+    mesh = jax.make_mesh((1,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
+
+    def body(y):
+        state = jwxent.class_balance_update(jwxent.class_balance_init(3), y, axis_name="batch")
+        return jwxent.class_counts(y, 3, axis_name="batch"), state.ema
+
+    mapped = jax.shard_map(body, mesh=mesh, in_specs=jax.P("batch"), out_specs=jax.P())
+    counts, ema = jax.jit(mapped)(labels)
+    np.testing.assert_array_equal(counts, [3.0, 2.0, 3.0])
+    np.testing.assert_allclose(ema, 0.01 * counts / 8, rtol=1e-6)
+
+
 def test_class_counts_gradient_with_respect_to_weights():
     labels = np.array([2, 0, 2, 1, 0], np.int32)
     weights = jnp.array([0.5, 1.0, 2.0, 1.5, 0.25])
