@@ -1,7 +1,9 @@
-"""The long-tail example runs end to end (in its `--quick` form) and reports sane numbers."""
+"""The examples run end to end (in quick forms) and report sane numbers."""
 
 import importlib.util
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ import pytest
 import jwxent
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "long_tail.py"
+MULTIPROCESS = EXAMPLE.parent / "multiprocess.py"
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +141,13 @@ def test_post_hoc_adjustment_favours_rare_classes(long_tail):
     flat = jnp.zeros((1, data.num_classes), jnp.float32)
     adjusted = scheme.adjust(flat, data.train_counts)
     assert int(jnp.argmax(adjusted)) == int(np.argmin(data.train_counts))
+
+
+def test_multiprocess_example_trains_in_two_processes_that_agree():
+    """`python examples/multiprocess.py --num-processes 2`, 3 small steps."""
+    command = [sys.executable, str(MULTIPROCESS), "--num-processes", "2", "--steps", "3"]
+    command += ["--batch-per-process", "16", "--timeout", "120"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for process in range(2):
+        assert f"process {process}: all 2 processes agree" in done.stdout, done.stdout
