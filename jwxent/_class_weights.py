@@ -200,9 +200,7 @@ def _soft_counts(
     layout = _explicit_sharding(labels)
     if layout is not None:
         layout = NamedSharding(layout.mesh, P(*layout.spec[: len(batch_shape)]))
-    weight = _masked_example_weights(
-        weights, mask, batch_shape, widest_float(labels.dtype), layout
-    )
+    weight = _masked_example_weights(weights, mask, batch_shape, widest_float(labels.dtype), layout)
     # Double where: masked rows are replaced, so a NaN there cannot reach the sum.
     q = labels.astype(weight.dtype)
     if mask is not None:
