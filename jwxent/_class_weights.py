@@ -83,7 +83,8 @@ def class_counts(
         `num_classes`; `where` or `weights` that do not broadcast to the batch
         shape; `ignore_index` with probability labels; in eager calls, an
         integer label outside `[0, num_classes)` that is not masked. Under
-        `jit` such a label is not counted.
+        `jit`, and for a global array with shards in other processes (which
+        this process cannot read), such a label is not counted.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -131,7 +132,10 @@ def _local_counts(
     mask = _reduction.example_mask(
         labels.shape, where=where, labels=labels, ignore_index=ignore_index
     )
-    _checks.check_labels_in_range(labels, num_classes, mask)
+    if not _spans_other_processes(labels):
+        # A global array of several processes cannot be read here: like
+        # under jit, its out-of-range labels are then not counted.
+        _checks.check_labels_in_range(labels, num_classes, mask)
     layout = _explicit_sharding(labels)
     weight = _masked_example_weights(weights, mask, labels.shape, widest_float(), layout)
     return _scatter_counts(weight, labels, num_classes)
@@ -179,6 +183,14 @@ def _laid_out(x: Array, layout: NamedSharding | None) -> Array:
     if layout is None or jax.typeof(x).sharding == layout:
         return x
     return jax.sharding.reshard(x, layout)
+
+
+def _spans_other_processes(x: Array) -> bool:
+    """Whether `x` is a concrete global array with shards in other processes."""
+    try:
+        return not x.is_fully_addressable
+    except jax.errors.ConcretizationTypeError:  # A tracer: nothing to read anyway.
+        return False
 
 
 def _soft_counts(

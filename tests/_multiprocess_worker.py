@@ -382,6 +382,18 @@ def shard_map_counts_case(mesh) -> dict[str, Any]:
     return compare(sharded, expected)
 
 
+def eager_counts_case(mesh) -> dict[str, Any]:
+    """`class_counts` called eagerly (no `jit`) on a global array of batch-sharded labels."""
+    labels = _labels(6, (BATCH,))
+    count = lambda y: jwxent.class_counts(y, CLASSES, ignore_index=registry.IGNORE)
+    expected = reference("eager_counts", lambda: count(one_device({"y": labels})["y"]))
+    with jax.set_mesh(mesh):
+        sharded = count(global_array(labels, NamedSharding(mesh, P(EVERY_DEVICE))))
+    return compare(
+        {"values": {"counts": sharded}, "grads": {}}, {"values": {"counts": expected}, "grads": {}}
+    )
+
+
 HIDDEN = 8
 
 
@@ -518,6 +530,7 @@ def run_all() -> dict[str, Any]:
         runs["class_statistics"] = functools.partial(class_statistics_case, mesh)
         runs["shard_map_counts"] = functools.partial(shard_map_counts_case, mesh)
         runs["train_step"] = functools.partial(train_case, mesh)
+        runs["eager_counts"] = functools.partial(eager_counts_case, mesh)
         cases |= {f"{kind}/{name}": _guarded(run) for name, run in runs.items()}
     auto = jax.make_mesh((jax.process_count(), 4), EVERY_DEVICE, axis_types=(AxisType.Auto,) * 2)
     cases["mismatched_class_weights"] = _guarded(

@@ -43,6 +43,7 @@ JIT_CASES = (
     "class_statistics",
     "shard_map_counts",
     "train_step",
+    "eager_counts",
 )
 SHARD_MAP_VARIANTS = ("class_weights", "label_smoothing", "probability_labels")
 # Inside `shard_map` the class weights are closed over with `Auto` axes and a
