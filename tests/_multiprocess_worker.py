@@ -561,7 +561,7 @@ def main(argv: list[str]) -> None:
         num_processes=args.num_processes,
         process_id=args.process_id,
         initialization_timeout=60,
-        heartbeat_timeout_seconds=10,
+        heartbeat_timeout_seconds=30,
     )
     # The "data" mesh axis runs across processes: one row of devices each.
     devices = jax.make_mesh((args.num_processes, 4), EVERY_DEVICE).devices
