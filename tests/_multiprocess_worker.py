@@ -243,7 +243,7 @@ SHARD_MAP_VARIANTS = {
 def closed_over(mesh) -> bool:
     """Whether `shard_map` bodies close over the class weights on this mesh.
 
-    With `Auto` axes. JAX rejects a body that closes over an array typed with
+    They do with `Auto` axes. JAX rejects a body that closes over an array typed with
     `Explicit` mesh axes ("pass those inputs as an argument to shard_map"),
     jwxent or not, so there the class weights are a replicated argument.
     """
