@@ -21,8 +21,6 @@ computed on one of its own devices. It writes `DIR/process_I.json`:
 where `diff` is the largest `|sharded - one device|` over the process's
 shards and `scale` the largest `|one device|`; the test holds `diff / scale`
 to the tolerances and checks that every process reports the same scalars.
-`--fault die` makes the process exit with code 3 at once, `--fault hang`
-makes it sleep, for the harness's own tests.
 """
 
 import argparse
@@ -545,16 +543,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--num-processes", type=int, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--fault", choices=("die", "hang"), help="exit with code 3, or sleep")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> None:
     args = _parse(argv)
-    if args.fault == "die":
-        raise SystemExit(3)
-    if args.fault == "hang":
-        time.sleep(3600)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=f"127.0.0.1:{args.port}",
