@@ -210,8 +210,11 @@ def coefficients(
     ahead (the fused linear loss) need `v` itself.
     """
     _checks.check_reduction(reduction)
+    # Ones laid out like the mask (sharded in types with the labels, say), so
+    # that the select below needs no resharding.
+    ones = jnp.ones(shape, dtype) if mask is None else jnp.ones_like(mask, dtype=dtype)
     weight = example_weights(weights, shape, dtype)
-    weight = jnp.ones(shape, dtype) if weight is None else weight * jnp.ones(shape, dtype)
+    weight = ones if weight is None else weight * ones
     counted = weight if mask is None else jnp.where(mask, weight, jnp.zeros_like(weight))
     if reduction in ("none", "sum"):
         return counted
