@@ -107,6 +107,42 @@ def check_broadcastable(x: Array, shape: Sequence[int], name: str) -> None:
         )
 
 
+def check_labels_broadcastable(
+    labels: Array,
+    shape: Sequence[int],
+    class_axes: Sequence[int],
+    name: str = "labels",
+    against: str = "logits",
+) -> None:
+    """Raises `ValueError` unless `labels` fit `shape`, that of the logits (or `probs`).
+
+    The `weights` rule, applied to labels: they may lack leading axes or have
+    size-1 batch axes, but a shape that would make the loss larger than the
+    logits (`[N]` labels against `[N, 1]` logits giving an `[N, N]` loss) is an
+    error. So is a class axis of size 1 against more classes: `[N, 1]` labels
+    against `[N, C]` logits would repeat one label over every class. optax
+    broadcasts both; Keras and PyTorch raise (see `docs/semantics.md`).
+    """
+    shape, got = tuple(shape), tuple(labels.shape)
+    try:
+        broadcast = np.broadcast_shapes(got, shape)
+    except ValueError:
+        broadcast = None
+    if len(got) > len(shape) or broadcast != shape:
+        raise ValueError(
+            f"`{name}` of shape {got} does not broadcast to the {against}' shape {shape} "
+            f"without enlarging the loss."
+        )
+    for axis in class_axes:
+        position = axis % len(shape) - len(shape)  # counted from the end, as broadcasting does
+        if -position <= len(got) and got[position] == 1 and shape[position] > 1:
+            raise ValueError(
+                f"`{name}` of shape {got} has a class axis of size 1 against "
+                f"{shape[position]} classes ({against} of shape {shape}); labels are not "
+                f"broadcast over the classes."
+            )
+
+
 def check_class_vector(x: Array, num_classes: int, name: str) -> None:
     """Validates a per-class vector (`class_weights`, `logit_adjustment`, ...).
 

@@ -53,7 +53,7 @@ def _probabilities(probs: ArrayLike, axis: int) -> Array:
 def _companion(x: ArrayLike, shape: tuple[int, ...], axis: int, name: str, dtype) -> Array:
     """`x` broadcast to `shape` (that of `probs` as given), `axis` moved last, in `dtype`."""
     x = jnp.asarray(x)
-    _checks.check_broadcastable(x, shape, name)
+    _checks.check_labels_broadcastable(x, shape, (axis,), name, against="probs")
     return jnp.moveaxis(jnp.broadcast_to(x, shape), axis, -1).astype(dtype)
 
 
@@ -106,7 +106,8 @@ def categorical_cross_entropy(
       probs: `[*batch, num_classes]` floating-point probabilities (the class
         axis is `axis`); they need not sum to 1, but a row that sums to 0 gives
         NaN, as in Keras.
-      labels: target probabilities broadcastable to `probs.shape`.
+      labels: target probabilities broadcastable to `probs.shape` without a
+        class axis of size 1 against more classes.
       axis: the class axis.
       epsilon: the clip margin $\epsilon \in [0, 0.5)$, Keras's
         `backend.epsilon()` by default.
@@ -208,7 +209,8 @@ def binary_cross_entropy(
 
     Args:
       probs: `[*batch, L]` floating-point probabilities.
-      labels: targets in [0, 1] broadcastable to `probs.shape`.
+      labels: targets in [0, 1] broadcastable to `probs.shape`, without a
+        last axis of size 1 against more labels per example.
       epsilon: the clip margin $\epsilon \in [0, 0.5)$.
       pos_weight: weight of the positive term, broadcastable to `probs.shape`
         (TF / PyTorch `pos_weight`; Keras has none).

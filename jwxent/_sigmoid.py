@@ -1,11 +1,12 @@
 """Sigmoid family: independent binary decisions (binary and multi-label losses).
 
 Both losses are elementwise, like optax's and PyTorch's: the loss has the
-broadcast shape of `logits` and `labels`, and `weights` / `where` broadcast to
-that shape without enlarging it. Each has a small `jax.custom_jvp` core that
-returns the unweighted elementwise loss with a hand-written tangent map (which
-XLA transposes into the backward pass, so forward and reverse mode both use
-it); `weights`, `alpha`, label smoothing, masks and reductions stay outside it
+shape of `logits`, and `labels`, `weights` and `where` broadcast to that shape
+without enlarging it (optax would broadcast the labels; Keras and PyTorch raise).
+Each has a small `jax.custom_jvp` core that returns the unweighted elementwise
+loss with a hand-written tangent map (which XLA transposes into the backward
+pass, so forward and reverse mode both use it); `weights`, `alpha`, label
+smoothing, masks and reductions stay outside it
 in plain JAX, so autodiff composes with them.
 
 With $s = \\sigma(x)$, $\\log s = -\\operatorname{softplus}(-x)$ and
@@ -19,7 +20,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jwxent import _checks, _reduction
 from jwxent._derivatives import with_tangent_map
@@ -41,20 +41,17 @@ from jwxent._typing import Array, ArrayLike, Reduction
 
 
 def _elementwise_inputs(logits: ArrayLike, labels: ArrayLike) -> tuple[Array, Array]:
-    """`logits` and float `labels`, validated and broadcast to their common shape.
+    """`logits` and float `labels`, validated, the labels broadcast to the logits' shape.
 
+    Labels that would enlarge the loss, or a last axis of size 1 against more
+    labels per example, are errors (`_checks.check_labels_broadcastable`).
     Integer or boolean labels become floats of the compute dtype; floating
     labels keep their dtype so that their cotangent comes back in it.
     """
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     _checks.check_floating(logits, "logits")
-    try:
-        shape = np.broadcast_shapes(logits.shape, labels.shape)
-    except ValueError:
-        raise ValueError(
-            f"`labels` of shape {labels.shape} does not broadcast with `logits` of "
-            f"shape {logits.shape}."
-        ) from None
+    shape = tuple(logits.shape)
+    _checks.check_labels_broadcastable(labels, shape, (-1,) if shape else ())
     if not jnp.issubdtype(labels.dtype, jnp.floating):
         labels = labels.astype(compute_dtype(logits.dtype))
     return _broadcast(logits, shape), _broadcast(labels, shape)
@@ -266,8 +263,9 @@ def sigmoid_binary_cross_entropy(
 
     Args:
       logits: floating-point logits, any shape.
-      labels: targets in [0, 1] (hard or soft), broadcastable with `logits`;
-        the loss has their broadcast shape. Integer or boolean labels are
+      labels: targets in [0, 1] (hard or soft), broadcastable to the shape of
+        `logits` (the loss shape) without enlarging it and without a last axis
+        of size 1 against more labels per example. Integer or boolean labels are
         accepted and cast.
       weights: per-element multiplier broadcastable to the loss shape without
         enlarging it (a `[num_labels]` vector weights each label).
@@ -282,13 +280,13 @@ def sigmoid_binary_cross_entropy(
         `"sum_by_nonzero_weights"`, over all elements.
 
     Returns:
-      The broadcast shape of `logits` and `labels` for `reduction="none"`,
+      The shape of `logits` for `reduction="none"`,
       else a scalar; float32 for half-precision logits, the logits' dtype
       otherwise.
 
     Raises:
       TypeError: non-floating `logits` or `pos_weight`.
-      ValueError: `labels` that do not broadcast with `logits`; `weights`,
+      ValueError: `labels` that do not broadcast to `logits`' shape; `weights`,
         `where` or `pos_weight` that do not broadcast to the loss shape;
         `label_smoothing` outside [0, 1); an unknown `reduction`.
 
@@ -361,7 +359,7 @@ def sigmoid_focal_loss(
 
     Args:
       logits: floating-point logits, any shape.
-      labels: targets in [0, 1], broadcastable with `logits`.
+      labels: targets in [0, 1], broadcastable to `logits`' shape (as above).
       alpha: weight of the positive class in (0, 1), a scalar or an array
         broadcastable to the loss shape; None for no class balancing.
       gamma: focusing exponent $\gamma \ge 0$, a Python number or a (traced)
@@ -372,7 +370,7 @@ def sigmoid_focal_loss(
       reduction: one of the five reductions, over all elements.
 
     Returns:
-      The broadcast shape of `logits` and `labels` for `reduction="none"`,
+      The shape of `logits` for `reduction="none"`,
       else a scalar; float32 for half-precision logits.
 
     Raises:

@@ -1,4 +1,5 @@
-"""Bad input: every error of SPEC §6 is raised at trace time, naming the argument."""
+"""Bad input: every error of `docs/semantics.md` ("Errors and edge cases") is raised
+at trace time, naming the argument."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,19 @@ import numpy as np
 import pytest
 
 import jwxent
+from tests._registry import LOSSES
 from tests.test_softmax import make_inputs
+
+FLOAT_LABELS = {
+    "softmax_cross_entropy",
+    "safe_softmax_cross_entropy",
+    "poly_loss_cross_entropy",
+    "softmax_focal_loss",
+    "sigmoid_binary_cross_entropy",
+    "sigmoid_focal_loss",
+    "categorical_cross_entropy",
+    "binary_cross_entropy",
+}
 
 D = make_inputs((4, 5))
 SPARSE = jwxent.softmax_cross_entropy_with_integer_labels
@@ -99,3 +112,39 @@ def test_weights_must_not_enlarge_the_loss_shape():
 def test_errors_are_raised_at_trace_time_under_jit():
     with pytest.raises(ValueError, match="`class_weights`"):
         jax.jit(lambda z, y: SPARSE(z, y, class_weights=jnp.ones(3)))(D["logits"], D["labels"])
+
+
+# Every loss whose labels are shaped like its logits (or probabilities).
+SHAPED_LABELS = [loss for loss in LOSSES if loss.name in FLOAT_LABELS]
+
+
+@pytest.mark.parametrize("loss", SHAPED_LABELS, ids=str)
+@pytest.mark.parametrize(
+    ("logits_shape", "labels_shape", "message"),
+    [
+        # (N,) labels against (N, 1) logits: optax returns an (N, N) loss.
+        ((5, 1), (5,), r"`labels` of shape \(5,\) does not broadcast to the \w+' shape \(5, 1\)"),
+        ((1, 3), (4, 3), r"`labels` of shape \(4, 3\) does not broadcast.*\(1, 3\)"),
+        ((2, 3), (2, 1), r"`labels` of shape \(2, 1\) has a class axis of size 1 against 3"),
+    ],
+    ids=["enlarges", "more_rows", "one_class"],
+)
+def test_labels_that_would_broadcast_raise_naming_the_shapes(
+    loss, logits_shape, labels_shape, message
+):
+    """`docs/semantics.md`: labels follow the `weights` rule (optax would broadcast)."""
+    predictions = np.full(logits_shape, 0.25, np.float32)
+    labels = np.full(labels_shape, 0.5, np.float32)
+    with pytest.raises(ValueError, match=message):
+        loss.fn(predictions, labels)
+    with pytest.raises(ValueError, match=message):
+        jax.jit(loss.fn)(predictions, labels)
+
+
+@pytest.mark.parametrize("loss", SHAPED_LABELS, ids=str)
+def test_labels_without_leading_axes_broadcast_over_the_batch(loss):
+    """One label row for every example is still fine: it does not enlarge the loss."""
+    predictions = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]], np.float32)
+    labels = np.array([0.1, 0.7, 0.2], np.float32)
+    expected = loss.fn(predictions, np.broadcast_to(labels, predictions.shape))
+    np.testing.assert_array_equal(loss.fn(predictions, labels), expected)

@@ -8,9 +8,9 @@ import pytest
 
 import jwxent
 from tests import _references as ref
+from tests._registry import REDUCTIONS
 from tests._tolerance import assert_close
 
-REDUCTIONS = ["none", "sum", "mean", "weighted_mean", "sum_by_nonzero_weights"]
 SHAPES = [(7,), (4, 5), (2, 3, 9), (6, 1)]
 
 
@@ -87,7 +87,8 @@ def shapes_and_cases(cases):
 
 
 def _twin_reduce(values, reduction, weights, where):
-    """Masked, weighted `values` reduced as SPEC §4, `weights` being the effective weight."""
+    """Masked, weighted `values` reduced as `docs/semantics.md` says, `weights` being the
+    effective weight."""
     mask = jnp.ones(values.shape, bool) if where is None else jnp.asarray(where)
     weight = jnp.ones(values.shape, values.dtype) if weights is None else weights
     return ref._jax_reduce(weight * values, reduction, mask, weight)
@@ -154,11 +155,13 @@ def test_focal_matches_reference(shape, case):
     )
 
 
-def test_labels_broadcast_against_logits():
+def test_labels_broadcast_to_the_logits_shape():
+    """Labels may lack leading axes (one label row for every example); the loss has
+    the logits' shape. Shapes that would enlarge it raise (`tests/test_checks.py`)."""
     data = make_inputs((3, 4))
-    logits = data["logits"][:, :1]
-    actual = jit_call(jwxent.sigmoid_binary_cross_entropy, logits, data["soft_labels"])
-    expected = ref.sigmoid_binary_cross_entropy(logits, data["soft_labels"])
+    labels = data["soft_labels"][:1]
+    actual = jit_call(jwxent.sigmoid_binary_cross_entropy, data["logits"], labels[0])
+    expected = ref.sigmoid_binary_cross_entropy(data["logits"], np.repeat(labels, 3, 0))
     assert actual.shape == (3, 4)
     assert_close(actual, expected, np.float32)
 

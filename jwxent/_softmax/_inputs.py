@@ -242,6 +242,9 @@ def prepare_probability_labels(
 
     They keep their own dtype (the core converts inside each pass).
     """
+    _checks.check_labels_broadcastable(
+        jnp.asarray(labels), prepared.input_shape, prepared.class_axes
+    )
     q = prepared.classes_last(labels, "labels")
     if not jnp.issubdtype(q.dtype, jnp.floating):
         q = q.astype(prepared.dtype)
