@@ -168,9 +168,24 @@ def check_cost_matrix(cost_matrix: Array, num_classes: int) -> None:
     )
 
 
+def spans_other_processes(x: Array) -> bool:
+    """Whether `x` is a concrete global array with shards in other processes."""
+    try:
+        return not x.is_fully_addressable
+    except jax.errors.ConcretizationTypeError:  # A tracer: nothing to read anyway.
+        return False
+
+
 def concrete_value(x: object) -> np.ndarray | None:
-    """`x` as a NumPy array when its value is known now (eager), else None."""
+    """`x` as a NumPy array when its value is known here and now, else None.
+
+    None for a tracer (under `jit`), and for a global array that spans other
+    processes (`jax.distributed`): this process cannot read it, and the
+    checks that need a value fall back to what they do under `jit`.
+    """
     if x is None:
+        return None
+    if isinstance(x, jax.Array) and spans_other_processes(x):
         return None
     try:
         return np.asarray(x)

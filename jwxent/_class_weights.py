@@ -132,7 +132,7 @@ def _local_counts(
     mask = _reduction.example_mask(
         labels.shape, where=where, labels=labels, ignore_index=ignore_index
     )
-    if not _spans_other_processes(labels):
+    if not _checks.spans_other_processes(labels):
         # A global array of several processes cannot be read here: like
         # under jit, its out-of-range labels are then not counted.
         _checks.check_labels_in_range(labels, num_classes, mask)
@@ -183,14 +183,6 @@ def _laid_out(x: Array, layout: NamedSharding | None) -> Array:
     if layout is None or jax.typeof(x).sharding == layout:
         return x
     return jax.sharding.reshard(x, layout)
-
-
-def _spans_other_processes(x: Array) -> bool:
-    """Whether `x` is a concrete global array with shards in other processes."""
-    try:
-        return not x.is_fully_addressable
-    except jax.errors.ConcretizationTypeError:  # A tracer: nothing to read anyway.
-        return False
 
 
 def _soft_counts(
