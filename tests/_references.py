@@ -1,4 +1,4 @@
-"""References: the executable definition of every keyword in SPEC.md.
+"""References: the executable definition of every keyword in `docs/semantics.md`.
 
 Written from the formulas in the docs, never from the library's code, and
 independent of jwxent. Every loss reference takes an array module `xp`:
@@ -41,7 +41,7 @@ def _batch(x, shape, xp, dtype=None):
 
 
 def reduce(values, reduction, mask=None, weight=None, *, xp=np):
-    """SPEC §4: masked, weighted reductions; a zero denominator gives 0."""
+    """`docs/semantics.md` "Reductions": masked, weighted; a zero denominator gives 0."""
     values = _f64(values, xp)
     mask = _batch(mask, values.shape, xp, dtype=bool)
     weight = _batch(weight, values.shape, xp)
@@ -72,7 +72,7 @@ def _safe_product(t, x, xp):
 
 
 # ---------------------------------------------------------------------------
-# Softmax family (SPEC §2–§3).
+# Softmax family (`docs/semantics.md`: the softmax losses, keywords).
 # ---------------------------------------------------------------------------
 
 
@@ -340,7 +340,8 @@ def softmax_focal_loss_with_integer_labels(
 
 
 # ---------------------------------------------------------------------------
-# Sigmoid family (SPEC §2–§3): elementwise, like optax and PyTorch.
+# Sigmoid family (`docs/semantics.md`: the sigmoid losses): elementwise, like optax
+# and PyTorch.
 # ---------------------------------------------------------------------------
 
 
@@ -404,7 +405,12 @@ def sigmoid_focal_loss(
 
 
 def keras_clip(p, epsilon, dtype, *, xp=np):
-    """Keras's `clip(p, ε, 1 − ε)`, with the bounds rounded to `dtype` as `jnp.clip` does."""
+    """Keras's `clip(p, ε, 1 − ε)`, with the bounds rounded to `dtype` as `jnp.clip` does.
+
+    In float64 nothing is rounded, so `ε` may be traced (differentiated).
+    """
+    if np.dtype(dtype) == np.float64:
+        return xp.clip(_f64(p, xp), epsilon, 1.0 - epsilon)
     low = float(np.asarray(epsilon, dtype))
     high = float(np.asarray(1.0 - epsilon, dtype))
     return xp.clip(_f64(p, xp), low, high)
@@ -469,7 +475,7 @@ def binary_cross_entropy(
 
 
 # ---------------------------------------------------------------------------
-# Fused linear projection + softmax cross-entropy (SPEC §2).
+# Fused linear projection + softmax cross-entropy (`docs/semantics.md`: fused).
 # ---------------------------------------------------------------------------
 
 
@@ -489,9 +495,9 @@ def linear_softmax_cross_entropy(x, w, labels, *, xp=np, bias=None, logit_soft_c
     return softmax_cross_entropy_with_integer_labels(logits, labels, xp=xp, **options)
 
 
-# Class-weight tools (SPEC §2 "Class-weight tools"), written from the formulas
-# in docs/class_weights.md: absent classes (count 0) get weight 0 and are left
-# out of C₊, the median and every normalisation.
+# Class-weight tools, written from the formulas in docs/class_weights.md: absent
+# classes (count 0) get weight 0 and are left out of C₊, the median and every
+# normalisation.
 # ---------------------------------------------------------------------------
 
 

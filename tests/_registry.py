@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jwxent
+from jwxent import _typing
 from tests import _references as ref
 
 IGNORE = -100
@@ -188,6 +189,9 @@ PROBABILITY_EVERYTHING = _pick(
     z_loss=1e-2,
 )
 CLASS_MASK = _renamed(_pick("class_weights"), where="class_mask")
+# Probability labels also smooth under a class mask: the smoothing total counts
+# only the classes left, each by its class weight.
+PROBABILITY_CLASS_MASK = _renamed(_pick("class_weights", label_smoothing=0.1), where="class_mask")
 
 
 def _integer_variants(**extra: Any) -> dict[str, Variant]:
@@ -238,7 +242,11 @@ LOSSES: tuple[Loss, ...] = (
         "softmax_cross_entropy",
         ("logits", "labels"),
         probability_inputs,
-        {"plain": PLAIN, "everything": PROBABILITY_EVERYTHING, "class_mask": CLASS_MASK},
+        {
+            "plain": PLAIN,
+            "everything": PROBABILITY_EVERYTHING,
+            "class_mask": PROBABILITY_CLASS_MASK,
+        },
         _SMOOTH_Z,
         ref.softmax_cross_entropy,
         "softmax",
@@ -259,7 +267,7 @@ LOSSES: tuple[Loss, ...] = (
         {
             "plain": PLAIN,
             "everything": _renamed_literals(PROBABILITY_EVERYTHING, epsilon=1.5),
-            "class_mask": _renamed_literals(CLASS_MASK, epsilon=-0.5),
+            "class_mask": _renamed_literals(PROBABILITY_CLASS_MASK, epsilon=-0.5),
         },
         {**_SMOOTH_Z, "epsilon": 1.5},
         _poly_reference,
@@ -272,7 +280,7 @@ LOSSES: tuple[Loss, ...] = (
         {
             "plain": PLAIN,
             "everything": _renamed_literals(PROBABILITY_EVERYTHING, gamma=1.5),
-            "class_mask": CLASS_MASK,
+            "class_mask": PROBABILITY_CLASS_MASK,
         },
         {**_SMOOTH_Z, "gamma": 1.5},
         ref.softmax_focal_loss,
@@ -358,7 +366,8 @@ LOSSES: tuple[Loss, ...] = (
 )
 
 BY_NAME = {loss.name: loss for loss in LOSSES}
-REDUCTIONS = ("none", "sum", "mean", "weighted_mean", "sum_by_nonzero_weights")
+# The one list of reductions: the values of the public `Reduction` type.
+REDUCTIONS = _typing.REDUCTIONS
 
 
 def cases(*variants: str) -> list[tuple[Loss, str]]:

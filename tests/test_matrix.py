@@ -189,31 +189,94 @@ def test_float32_values_match_float64_reference(loss):
 # ---------------------------------------------------------------------------
 
 
-@loss_ids
-def test_hessian_jacfwd_and_linearize_match_plain_jax(loss):
+def _with_traced_hyperparameters(loss, values):
+    """`values` with every hyperparameter that may be traced as a float64 array."""
+    hyper = {k: np.float64(v) for k, v in loss.hyperparameters.items()}
+    return {**values, **{k: np.asarray(v) for k, v in hyper.items()}}
+
+
+@functools.cache
+def _derivatives_and_twin(loss_name):
+    """(ours, the twin's): gradient, Hessian twice, jacfwd and linearize, float64.
+
+    Cached: the fused loss's expected failure below reuses its numbers.
+    """
+    loss = BY_NAME[loss_name]
     with jax.enable_x64(True):
         values = call_values(loss, "everything", registry.arrays(loss.name, batch=(3,), classes=4))
+        values = _with_traced_hyperparameters(loss, values)
+        names = differentiable(values)
         main = loss.data[0]
 
-        def f(x, reference=False):
-            return call(loss, {**values, main: x}, reference=reference, reduction="sum")
+        def f(floats, reference=False):
+            return call(loss, {**values, **floats}, reference=reference, reduction="sum")
 
-        def ours(x, tangent):
-            _, linear = jax.linearize(f, x)
-            return jax.hessian(f)(x), jax.jacrev(jax.grad(f))(x), jax.jacfwd(f)(x), linear(tangent)
+        def ours(floats, tangent):
+            _, linear = jax.linearize(lambda x: f({**floats, main: x}), floats[main])
+            forward = jax.jacfwd(lambda x: f({**floats, main: x}))(floats[main])
+            # Reverse over reverse on the main input only: the mixed blocks are
+            # the forward-over-reverse Hessian's.
+            reverse = jax.jacrev(jax.grad(lambda x: f({**floats, main: x})))(floats[main])
+            return jax.grad(f)(floats), jax.hessian(f)(floats), reverse, forward, linear(tangent)
 
-        def theirs(x, tangent):
-            gradient = jax.grad(f)(x, reference=True)
-            return jax.hessian(f)(x, True), gradient, jnp.sum(gradient * tangent)
+        def theirs(floats, tangent):
+            gradient = jax.grad(f)(floats, reference=True)
+            hessian = jax.hessian(f)(floats, True)
+            main_block = hessian[main][main]
+            return gradient, hessian, main_block, gradient[main], jnp.sum(gradient[main] * tangent)
 
-        x = jnp.asarray(values[main])
+        floats = {n: jnp.asarray(values[n]) for n in names}
         tangent = jnp.asarray(_random_like(values[main], 3))
-        hessian, hessian_rev, jacobian, slope = jax.jit(ours)(x, tangent)
-        expected_hessian, expected_jacobian, expected_slope = jax.jit(theirs)(x, tangent)
-        assert_close(hessian, expected_hessian, jnp.float64, 64)
-        assert_close(hessian_rev, expected_hessian, jnp.float64, 64)
-        assert_close(jacobian, expected_jacobian, jnp.float64, 64)
-        assert_close(slope, expected_slope, jnp.float64, 64)
+        return jax.jit(ours)(floats, tangent), jax.jit(theirs)(floats, tangent)
+
+
+@loss_ids
+def test_every_first_and_second_derivative_matches_plain_jax(loss):
+    """Gradients and Hessians with respect to every float input at once, traced
+    hyperparameters included (`gamma`, `label_smoothing`, `z_loss`, the poly and
+    clip `epsilon`, `logit_soft_cap`), against the plain-JAX float64 twin: the
+    mixed blocks ∂²ℓ/∂x∂y (probability labels, weights, class weights, offsets,
+    a hyperparameter) reach rules that the logits' Hessian does not. Then the
+    other forward-mode entry points on the main input."""
+    actual, expected = _derivatives_and_twin(loss.name)
+    _assert_derivatives_close(loss, actual, expected, known_wrong=False)
+
+
+# The fused loss's custom JVP forms the gradients of these inputs in its sweep,
+# as constants: forward mode over them (a Hessian's mixed block with `x`, `w`,
+# `bias` or the cap) gives wrong numbers. A bug of `jwxent/_fused_linear`,
+# tracked by `test_fused_mixed_second_derivatives` (an expected failure).
+FUSED_CONSTANT_GRADIENTS = {"weights", "class_weights", "label_margins", "label_smoothing"}
+
+
+def _known_wrong(loss, where) -> bool:
+    """Whether a Hessian block `[outer][inner]` is one of the fused loss's wrong ones."""
+    keys = [getattr(k, "key", None) for k in where]
+    return (
+        loss.name == "linear_softmax_cross_entropy"
+        and len(keys) == 2
+        and keys[0] in FUSED_CONSTANT_GRADIENTS
+        and keys[1] not in FUSED_CONSTANT_GRADIENTS
+    )
+
+
+def _assert_derivatives_close(loss, actual, expected, *, known_wrong):
+    """Every leaf close; `known_wrong` selects the fused loss's wrong blocks, or skips them."""
+    labels = ("gradient", "hessian", "jacrev of grad", "jacfwd", "linearize")
+    for label, a, e in zip(labels, actual, expected, strict=True):
+        flat_a, flat_e = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(e)
+        for (where, value), want in zip(flat_a, flat_e, strict=True):
+            if _known_wrong(loss, where) == known_wrong:
+                message = f"{label} {jax.tree_util.keystr(where)}"
+                assert_close(value, want, jnp.float64, 64, err_msg=message)
+
+
+@pytest.mark.xdist_group("linear_softmax_cross_entropy")
+@pytest.mark.xfail(reason="the fused loss's forward mode over its formed gradients", strict=False)
+def test_fused_mixed_second_derivatives():
+    loss = BY_NAME["linear_softmax_cross_entropy"]
+    actual, expected = _derivatives_and_twin(loss.name)
+    _assert_derivatives_close(loss, actual, expected, known_wrong=True)
 
 
 # ---------------------------------------------------------------------------
@@ -256,11 +319,12 @@ def _value_and_grads(loss, static, names):
 
 
 @functools.cache
-def _evaluator(loss_name, static, names):
+def _evaluator(loss_name, static, names, path="xla_cpu"):
     """A jitted `arrays -> (every reduction, gradients of the scalar ones' sum)`.
 
     Cached by what it closes over, so that tests with inputs of the same shapes
-    share one compilation.
+    share one compilation. `path` is part of the key: `generic_only` is read
+    when the function is traced, which `jit`'s own cache does not know.
     """
     loss = BY_NAME[loss_name]
 
@@ -277,9 +341,12 @@ def _evaluator(loss_name, static, names):
     return jax.jit(run)
 
 
-def _all_reductions_and_grads(loss, values):
+def _all_reductions_and_grads(loss, values, path="xla_cpu", names=None):
+    """Every reduction and the gradients of `names` (the float NumPy arrays by default)."""
     arrays, static = _split(values)
-    return _evaluator(loss.name, static, tuple(differentiable(values)))(arrays)
+    names = tuple(differentiable(values) if names is None else names)
+    with _path(path):
+        return _evaluator(loss.name, static, names, path)(arrays)
 
 
 @functools.cache
@@ -445,22 +512,81 @@ def test_tied_huge_logits_keep_the_gradient_exact(name, path):
     np.testing.assert_array_equal(grad, [[-0.5, 0.5, 0.0], [1.0, -1.0, 0.0]])
 
 
-@pytest.mark.parametrize(
-    "loss", [loss for loss in LOSSES if "class_mask" in loss.variants], ids=str
-)
-def test_masked_classes_at_minus_infinity_have_zero_gradient(loss):
+MASK_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The CPU path in float32, the generic (CUDA/TPU) one in float32 and bfloat16.
+MASK_RUNS = [("xla_cpu", "float32"), ("generic", "float32"), ("generic", "bfloat16")]
+
+
+def _mask_runs(losses):
+    return [
+        pytest.param(
+            loss,
+            path,
+            dtype,
+            marks=pytest.mark.xdist_group(loss.name),
+            id=f"{loss}-{path}-{dtype}",
+        )
+        for loss in losses
+        for path, dtype in MASK_RUNS
+        if path == "xla_cpu" or loss.name in ON_THE_CORE
+    ]
+
+
+def _masked_at_minus_infinity(loss, dtype, *, keep_where):
+    """The `class_mask` case with masked logits at −inf in `dtype`, as float32 NumPy
+    inputs and their float64 rounding. Without `keep_where` the mask is dropped and
+    the probability labels are zero (renormalised) on those classes instead."""
     values = _float32(call_values(loss, "class_mask", registry.arrays(loss.name)))
-    main = _main_float(loss)
+    mask = values["where"]
     if "labels" in values and values["labels"].dtype.kind == "i":
         values["labels"] = np.zeros_like(values["labels"])  # class 0 is never masked
-    if main == "logits":
-        values["logits"] = np.where(values["where"], values["logits"], -np.inf).astype(np.float32)
-    out, grads = _all_reductions_and_grads(loss, values)
+    if loss.data[0] == "logits":
+        logits = np.asarray(jnp.asarray(values["logits"], MASK_DTYPES[dtype]), np.float32)
+        values["logits"] = np.where(mask, logits, -np.inf).astype(np.float32)
+    if not keep_where:
+        del values["where"], values["label_smoothing"]  # smoothing would reach −inf classes
+        labels = np.where(mask, values["labels"], 0.0)
+        values["labels"] = (labels / labels.sum(-1, keepdims=True)).astype(np.float32)
+    return values
+
+
+def _check_masked(loss, values, path, dtype, mask):
+    """Finite values equal to the reference's; exactly zero, finite gradients."""
+    ours = {**values}
+    if loss.data[0] == "logits":
+        ours["logits"] = jnp.asarray(values["logits"], MASK_DTYPES[dtype])
+    out, grads = _all_reductions_and_grads(loss, ours, path, differentiable(values))
     for reduction in REDUCTIONS:
         assert np.all(np.isfinite(out[reduction])), reduction
-    if main == "logits":
-        np.testing.assert_array_equal(np.asarray(grads["logits"])[~values["where"]], 0.0)
-    assert all(np.all(np.isfinite(g)) for g in grads.values())
+    # The inputs are exact in float32: only float32 rounding separates the two.
+    assert_close(out["none"], _numpy_reduced(loss, values, "none"), jnp.float32, 64)
+    if loss.data[0] == "logits":
+        np.testing.assert_array_equal(np.asarray(grads["logits"], np.float32)[~mask], 0.0)
+    assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in grads.values())
+
+
+@pytest.mark.parametrize(
+    ("loss", "path", "dtype"),
+    _mask_runs([loss for loss in LOSSES if "class_mask" in loss.variants]),
+)
+def test_masked_classes_at_minus_infinity_have_zero_gradient(loss, path, dtype):
+    """A logits-shaped `where` with −inf logits on the masked classes, on both paths."""
+    values = _masked_at_minus_infinity(loss, dtype, keep_where=True)
+    _check_masked(loss, values, path, dtype, values["where"])
+
+
+PROBABILITY_LABELS = [
+    BY_NAME[n] for n in ("softmax_cross_entropy", "poly_loss_cross_entropy", "softmax_focal_loss")
+]
+
+
+@pytest.mark.parametrize(("loss", "path", "dtype"), _mask_runs(PROBABILITY_LABELS))
+def test_minus_infinity_logits_with_zero_targets_count_as_zero(loss, path, dtype):
+    """−inf logits where the probability labels are 0 and no `where`: `0·(−inf)` is 0
+    (optax's `safe_softmax_cross_entropy`), on both paths."""
+    mask = call_values(loss, "class_mask", registry.arrays(loss.name))["where"]
+    values = _masked_at_minus_infinity(loss, dtype, keep_where=False)
+    _check_masked(loss, values, path, dtype, mask)
 
 
 # ---------------------------------------------------------------------------
@@ -471,13 +597,24 @@ HALF = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _EPS = {"bfloat16": 2.0**-7, "float16": 2.0**-10}
 
 
-@pytest.mark.parametrize("dtype", list(HALF))
-@pytest.mark.parametrize("loss", [_grouped(loss) for loss in LOSSES])
-def test_half_precision_inputs_are_computed_in_float32(loss, dtype):
+HALF_RUNS = [
+    pytest.param(
+        loss, dtype, path, marks=pytest.mark.xdist_group(loss.name), id=f"{loss}-{dtype}-{path}"
+    )
+    for loss in LOSSES
+    for dtype in HALF
+    for path in PATHS
+    if path == "xla_cpu" or (loss.name in ON_THE_CORE and dtype == "bfloat16")
+]
+
+
+@pytest.mark.parametrize(("loss", "dtype", "path"), HALF_RUNS)
+def test_half_precision_inputs_are_computed_in_float32(loss, dtype, path):
     """Half-precision data: the loss within float32 rounding of the reference on the
     rounded inputs, the gradient in the input dtype within two of its ulps of
-    max |g|. A pass that computed probabilities, the log-sum-exp or the label's
-    term in half precision fails both.
+    max |g|. A pass that computed probabilities, the log-sum-exp (of the
+    logit-adjusted logits) or the label's term in half precision fails both,
+    on the CPU path and on the generic one.
     """
     values = _float32(call_values(loss, "everything", registry.arrays(loss.name, seed=3)))
     main = _main_float(loss)
@@ -493,7 +630,8 @@ def test_half_precision_inputs_are_computed_in_float32(loss, dtype):
     def f(x):
         return call(loss, {**half_values, main: x}, reduction="sum")
 
-    value, grad = jax.jit(jax.value_and_grad(f))(half_values[main])
+    with _path(path):
+        value, grad = jax.jit(jax.value_and_grad(f))(half_values[main])
     assert value.dtype == jnp.float32 and grad.dtype == half_values[main].dtype
     # The inputs are exact in float64: only float32 rounding separates the two.
     reference = _numpy_reduced(loss, rounded, "scalars")[SCALAR_REDUCTIONS.index("sum")]
@@ -614,6 +752,155 @@ def test_rows_longer_than_a_library_piece(name, classes):
         )(jnp.asarray(f64["logits"]))
         expected = np.asarray(expected)
     assert_close(grads["logits"], expected, jnp.float32, classes)
+
+
+# ---------------------------------------------------------------------------
+# LDAM's scale and the precision of one-hot probability labels, both paths.
+# ---------------------------------------------------------------------------
+
+# Every softmax-family loss on logits (the fused one through `x`).
+SOFTMAX_FAMILY = [loss for loss in LOSSES if loss.layout in ("softmax", "fused")]
+SOFTMAX_FAMILY = [loss for loss in SOFTMAX_FAMILY if loss.data[0] in ("logits", "x")]
+
+
+def _path_runs(losses):
+    return [
+        pytest.param(loss, path, marks=pytest.mark.xdist_group(loss.name), id=f"{loss}-{path}")
+        for loss in losses
+        for path in PATHS
+        if path == "xla_cpu" or loss.name in ON_THE_CORE
+    ]
+
+
+def _at_ldam_scale(loss):
+    """float32 "everything" inputs without z-loss (not shift-invariant) or a soft cap,
+    at LDAM's scale: s = 30 logits (cosines times 30) and margins up to 15."""
+    values = _float32(call_values(loss, "everything", registry.arrays(loss.name, seed=4)))
+    for name in ("z_loss", "logit_soft_cap"):
+        values.pop(name, None)
+    rng = np.random.default_rng(4)
+    if loss.data[0] == "logits":
+        logits = 30.0 * rng.uniform(-1.0, 1.0, values["logits"].shape)
+        if values["labels"].dtype.kind == "i":
+            # The label's logit far ahead (p_y ≈ 1 before its margin): a margin
+            # applied as a correction to the plain softmax cancels there.
+            hits = np.arange(logits.shape[-1]) == values["labels"][..., None]
+            logits = np.where(hits, 45.0, logits)
+        values["logits"] = logits.astype(np.float32)
+    else:
+        values["w"] = (10.0 * values["w"]).astype(np.float32)
+    if "label_margins" in values:
+        values["label_margins"] = (15.0 * values["label_margins"]).astype(np.float32)
+    return values
+
+
+def _float64_gradient(loss, values, name):
+    """∂(sum)/∂`name` of the plain-JAX float64 twin."""
+    with jax.enable_x64(True):
+        f64 = {
+            k: np.asarray(v, np.float64) if k in differentiable(values) else v
+            for k, v in values.items()
+        }
+        f = lambda a: call(loss, {**f64, name: a}, reference=True, reduction="sum")
+        return np.asarray(jax.grad(f)(jnp.asarray(f64[name])))
+
+
+@functools.cache
+def _sum_and_grad(loss_name, static, path):
+    """A jitted `arrays -> (sum, its gradient w.r.t. the main input)` for one path."""
+    loss = BY_NAME[loss_name]
+    main = loss.data[0]
+
+    def f(arrays):
+        g = lambda x: call(loss, {**arrays, main: x, **dict(static)}, reduction="sum")
+        return jax.value_and_grad(g)(arrays[main])
+
+    return jax.jit(f)
+
+
+def _ours_sum_and_grad(loss, values, path):
+    arrays, static = _split(values)
+    with _path(path):
+        return _sum_and_grad(loss.name, static, path)(arrays)
+
+
+def _assert_rows_sum_to_zero(grad, classes_axis_sum):
+    """Each row's gradient sums to 0 over the classes, within float32 rounding of
+    its magnitude (the terms it adds up)."""
+    scale = np.sum(np.abs(grad), axis=-1)
+    tolerance = 8 * grad.shape[-1] * 2.0**-23 * scale + 1e-30
+    assert np.all(np.abs(classes_axis_sum) <= tolerance), (classes_axis_sum, tolerance)
+
+
+@pytest.mark.parametrize(("loss", "path"), _path_runs(SOFTMAX_FAMILY))
+def test_ldam_scale_matches_float64_and_gradients_sum_to_zero(loss, path):
+    """At s = 30 with margins up to 15 the value and the gradient match the float64
+    reference to float32 precision, and the logits' gradient of every row sums to
+    zero over the classes (the loss is invariant to a shift of the row)."""
+    values = _at_ldam_scale(loss)
+    value, grad = _ours_sum_and_grad(loss, values, path)
+    expected = _numpy_reduced(loss, values, "scalars")[SCALAR_REDUCTIONS.index("sum")]
+    assert_close(value, expected, jnp.float32, 64)
+    main = loss.data[0]
+    expected_grad = _float64_gradient(loss, values, main)
+    grad = np.asarray(grad, np.float64)
+    assert_close(
+        grad / np.max(np.abs(expected_grad)),
+        expected_grad / np.max(np.abs(expected_grad)),
+        jnp.float32,
+        64,
+    )
+    if main == "logits":
+        _assert_rows_sum_to_zero(grad, np.sum(grad, axis=-1))
+    else:  # the logits' gradient is ∂/∂z, and ∂/∂x = ∂/∂z · wᵀ: sum through w's columns
+        w = values["w"].astype(np.float64)
+        dz = grad @ np.linalg.pinv(w.T)  # w.T has full row rank: hidden ≥ classes
+        _assert_rows_sum_to_zero(dz, np.sum(dz, axis=-1))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_ldam_example_of_issue_19(path):
+    """logits 30·[−0.314, 1.458, 1.960], label 2, margins [0, 0, 15]: the gradient of the
+    cross-entropy is [4.0e-24, p, −p] with p = σ(−0.06) = 0.4850 in float64 (the
+    broken rule gave [4.3e-24, 0.5255, −0.5000])."""
+    loss = BY_NAME["softmax_cross_entropy_with_integer_labels"]
+    values = {
+        "logits": (30.0 * np.array([[-0.314, 1.458, 1.960]])).astype(np.float32),
+        "labels": np.array([2], np.int32),
+        "label_margins": np.array([0.0, 0.0, 15.0], np.float32),
+    }
+    _, grad = _ours_sum_and_grad(loss, values, path)
+    expected = _float64_gradient(loss, values, "logits")
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-30)
+    np.testing.assert_allclose(np.sum(grad), 0.0, atol=1e-6)
+
+
+# One-hot rows whose label logit is the largest, at 10 to 100: the loss is e^(−gap).
+PRECISE_ROWS = np.array(
+    [[10.0, 0.0, 0.0], [30.0, 20.0, 19.0], [60.0, 52.0, 50.0], [100.0, 91.0, 89.0]]
+)
+PRECISE_PAIRS = [
+    ("softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"),
+    ("safe_softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"),
+    ("softmax_focal_loss", "softmax_focal_loss_with_integer_labels"),
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("name", "integer_name"), PRECISE_PAIRS, ids=[p[0] for p in PRECISE_PAIRS])
+def test_one_hot_probability_labels_are_as_precise_as_integer_labels(name, integer_name, path):
+    """`softmax_cross_entropy([[10., 0, 0]], [[1., 0, 0]])` is 9.0796e-05; folding the
+    shift into `lse·Σq − Σq·z` gave 9.0599e-05 (2e-3 off). The probability-label loss
+    must be as close to float64 as the integer-label one, within a few ulps."""
+    logits = PRECISE_ROWS.astype(np.float32)
+    labels = np.argmax(logits, axis=-1).astype(np.int32)
+    one_hot = np.eye(3, dtype=np.float32)[labels]
+    with _path(path):
+        soft = np.asarray(jax.jit(BY_NAME[name].fn)(logits, one_hot), np.float64)
+        hard = np.asarray(jax.jit(BY_NAME[integer_name].fn)(logits, labels), np.float64)
+    exact = BY_NAME[integer_name].reference(logits.astype(np.float64), labels)
+    ulp = np.spacing(exact.astype(np.float32)).astype(np.float64)
+    np.testing.assert_array_less(np.abs(soft - exact), np.abs(hard - exact) + 4 * ulp)
 
 
 # ---------------------------------------------------------------------------

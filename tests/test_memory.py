@@ -76,7 +76,7 @@ def test_bf16_value_and_grad_keeps_no_float32_logits_buffer(name):
 
 @pytest.mark.parametrize("name", ["soft_class_weights", "soft_smoothing_class_weights"])
 def test_bf16_soft_labels_with_class_weights_are_batch_sized(name):
-    """SPEC's bf16 bar, `value_and_grad` temporaries O(batch), at 8192 × 32000
+    """`docs/performance.md`: bf16 `value_and_grad` temporaries O(batch), at 8192 × 32000
     with float32 probability labels (compiled from shapes, never run)."""
     batch, classes = SHAPES["8192x32000"].logits_shape
     z = jax.ShapeDtypeStruct((batch, classes), jnp.bfloat16)

@@ -9,9 +9,9 @@ import pytest
 
 import jwxent
 from tests import _references as ref
+from tests._registry import REDUCTIONS
 from tests._tolerance import assert_close
 
-REDUCTIONS = ["none", "sum", "mean", "weighted_mean", "sum_by_nonzero_weights"]
 SHAPES = [(7,), (4, 7), (2, 3, 9), (5, 1), (3, 13)]
 
 

@@ -1,4 +1,5 @@
-"""The reduction conventions of SPEC §4, each against its definition."""
+"""The reduction conventions of `docs/semantics.md` ("Reductions"), each against its
+definition."""
 
 import jax
 import jax.numpy as jnp

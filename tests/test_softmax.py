@@ -7,9 +7,9 @@ import pytest
 
 import jwxent
 from tests import _references as ref
+from tests._registry import REDUCTIONS
 from tests._tolerance import assert_close
 
-REDUCTIONS = ["none", "sum", "mean", "weighted_mean", "sum_by_nonzero_weights"]
 # The matrix (tests/test_matrix.py) covers [4, 3, 5]; these are the other shapes.
 SHAPES = [(7,), (5, 1), (3, 13)]
 IGNORE = -100
