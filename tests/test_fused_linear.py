@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import jwxent
+from jwxent import _platform
 from tests import _references as ref
 from tests._tolerance import assert_close
 
@@ -17,14 +18,14 @@ IGNORE = -100
 BATCH, HIDDEN = (3, 4), 5
 
 
-def make_inputs(vocab=37, seed=0, dtype=np.float64, batch=BATCH):
+def make_inputs(vocab=37, seed=0, dtype=np.float64, batch=BATCH, hidden=HIDDEN):
     """Features, projection, labels (some ignored), weights, masks and class weights."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, vocab, size=batch)
     ignored = rng.random(batch) < 0.25
     return {
-        "x": rng.standard_normal(batch + (HIDDEN,)).astype(dtype),
-        "w": (2 * rng.standard_normal((HIDDEN, vocab))).astype(dtype),
+        "x": rng.standard_normal(batch + (hidden,)).astype(dtype),
+        "w": (2 * rng.standard_normal((hidden, vocab))).astype(dtype),
         "bias": rng.standard_normal(vocab).astype(dtype),
         "labels": labels.astype(np.int32),
         "labels_with_ignored": np.where(ignored, IGNORE, labels).astype(np.int32),
@@ -151,6 +152,60 @@ def test_every_block_layout_matches(vocab, chunk_size):
         label_key, kwargs = CASES["everything"](d)
         reductions = ["none", "weighted_mean"]
         _assert_values_and_grads(d, label_key, kwargs, reductions, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("path", ["xla_cpu", "generic"])
+def test_hidden_size_with_a_short_last_weight_block(path):
+    """Hidden 20 in 8 blocks of rows is 6 blocks of 3 and one of 2 (rows 18-19 of `dw`):
+    the XLA:CPU form must not drop the short block. The generic (GPU/TPU) form, which
+    adds whole products, runs the same case."""
+    context = _platform.generic_only() if path == "generic" else jax.enable_x64(True)
+    with jax.enable_x64(True), context:
+        d = make_inputs(vocab=29, seed=20, hidden=20)
+        label_key, kwargs = CASES["everything"](d)
+        _assert_values_and_grads(d, label_key, kwargs, ["mean"], chunk_size=5)
+
+
+def test_generic_path_matches_in_float64():
+    """The GPU/TPU plan (`accelerator_plan`: 16 chunks, the weight gradient accumulated
+    in `w`'s dtype) on every keyword, in float64."""
+    with jax.enable_x64(True), _platform.generic_only():
+        d = make_inputs(vocab=41, seed=5, batch=(8, 16))
+        label_key, kwargs = CASES["everything"](d)
+        _assert_values_and_grads(d, label_key, kwargs, ["sum", "weighted_mean"])
+
+
+def test_half_precision_weight_gradient_rounds_once_per_chunk():
+    """On GPUs and TPUs the bf16 weight gradient is the accumulator (it lives in the
+    output buffer): each of the 16 chunks adds a float32 product and rounds once.
+
+    Bound, elementwise, against float64 on the same bf16 inputs, with u = 2^-8 the
+    unit roundoff of bf16 and S = |x|ᵀ|dz| (which bounds every partial sum): the
+    16 roundings of the accumulator and the rounding of `dz` to bf16 before the
+    product each cost at most u·S, so |dw − dw₆₄| ≤ (16 + 2)·u·S. The test also
+    checks that the bound is not loose by orders of magnitude.
+    """
+    tokens, hidden, vocab = 512, 32, 300
+    rng = np.random.default_rng(11)
+    x = jnp.asarray(rng.standard_normal((tokens, hidden)), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((hidden, vocab)) / np.sqrt(hidden), jnp.bfloat16)
+    labels = jnp.asarray(rng.integers(0, vocab, tokens), jnp.int32)
+
+    def loss(x, w):
+        return jwxent.linear_softmax_cross_entropy(x, w, labels, reduction="sum")
+
+    with _platform.generic_only():
+        dw = jax.jit(jax.grad(loss, argnums=1))(x, w)
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    z = x64 @ w64
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    dz = p - np.eye(vocab)[np.asarray(labels)]
+    expected, scale = x64.T @ dz, np.abs(x64).T @ np.abs(dz)
+    error = np.abs(np.asarray(dw, np.float64) - expected)
+    chunks = 16
+    assert np.all(error <= (chunks + 2) * 2.0**-8 * scale)
+    assert np.max(error / scale) > 2.0**-12  # bf16 rounding is visible, the bound is not vacuous
 
 
 def test_xla_implementation_matches():

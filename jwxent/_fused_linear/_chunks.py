@@ -27,6 +27,9 @@ _HALF_PRECISION_CHUNK_ELEMENTS = 2**22
 _MIN_NUM_CHUNKS = 16
 _MIN_CHUNK = 8
 
+# On GPUs and TPUs a chunk holds 1/16 of the tokens (see `accelerator_plan`).
+_ACCELERATOR_CHUNKS = 16
+
 # ---------------------------------------------------------------------------
 # How the tokens are cut into chunks.
 # ---------------------------------------------------------------------------
@@ -74,6 +77,26 @@ def make_plan(num_tokens: int, vocab: int, chunk_size: int | None, dtype: jnp.dt
     return Plan(num_tokens, max(chunk, 1), num_chunks)
 
 
+def accelerator_plan(num_tokens: int, chunk_size: int | None) -> Plan:
+    """`_ACCELERATOR_CHUNKS` chunks of a multiple of 8 tokens (or `chunk_size` tokens).
+
+    The traffic model (docs/performance.md): each chunk reads `w` twice and
+    reads and writes the `[hidden, vocab]` weight gradient once, `4·H·V·b`
+    bytes, on top of the logits' own traffic, which does not depend on the
+    chunks; the temporaries are the chunk's float32 logits and their gradient,
+    `t·V·(4 + b)` bytes. So the fewest chunks whose temporaries stay within
+    1/8 of the unfused loss's `[T, V]` logits win: 16 chunks hold
+    `6/16 = 0.375` bytes per logit in half precision, against the unfused
+    loss's 2 to 4. The number of chunks does not depend on the vocabulary or
+    the hidden size: both bars scale with them alike.
+    """
+    if chunk_size is not None or num_tokens <= _MIN_CHUNK:
+        return make_plan(num_tokens, 1, chunk_size or max(num_tokens, 1), jnp.float32)
+    chunk = -(-num_tokens // _ACCELERATOR_CHUNKS)
+    chunk = max(_MIN_CHUNK, -(-chunk // _MIN_CHUNK) * _MIN_CHUNK)
+    return Plan(num_tokens, chunk, -(-num_tokens // chunk))
+
+
 def chunked(a: Array, plan: Plan, fill: bool | int = 0) -> Array:
     """`[tokens, ...]` -> `[chunk, num_chunks, ...]`; chunk `c` is `[:, c]`, the tokens
     `i·num_chunks + c`. A reshape, no copy (but padding tokens, which are `fill`).
@@ -100,6 +123,17 @@ def write_chunk(view: Array, part: Array, c: Array) -> Array:
     if sharding is not None:
         update = jax.sharding.reshard(update, sharding)
     return lax.dynamic_update_index_in_dim(view, update, c, axis=1)
+
+
+def zeros_like(a: Array, dtype: jnp.dtype | None = None) -> Array:
+    """Zeros of `a`'s shape, laid out like `a` when its mesh has `Explicit` axes.
+
+    Otherwise the zeros carry no sharding: inside `shard_map` a closed-over
+    array's sharding names the outer mesh, which the body's cannot take.
+    """
+    if explicit_sharding(a) is None:
+        return jnp.zeros(a.shape, dtype or a.dtype)
+    return jnp.zeros_like(a, dtype=dtype)
 
 
 def explicit_sharding(like: Array) -> jax.sharding.NamedSharding | None:

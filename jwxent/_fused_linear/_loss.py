@@ -10,8 +10,8 @@ from typing import Literal
 import jax.numpy as jnp
 
 from jwxent import _checks, _reduction
-from jwxent._fused_linear._chunks import chunked, make_plan
-from jwxent._fused_linear._sweep import Rows, Shared, capped, per_token, weighted_sum
+from jwxent._fused_linear._chunks import accelerator_plan, make_plan
+from jwxent._fused_linear._sweep import Plans, Rows, Shared, capped, per_token, weighted_sum
 from jwxent._numerics import class_vector, compute_dtype, hyperparameter, is_static_zero
 from jwxent._softmax._inputs import prepare_integer_labels
 from jwxent._softmax._losses import softmax_cross_entropy_with_integer_labels
@@ -149,9 +149,10 @@ def linear_softmax_cross_entropy(
       reduction: `"none"`, `"sum"`, `"mean"`, `"weighted_mean"` or
         `"sum_by_nonzero_weights"`.
       chunk_size: tokens per chunk of the `"chunked"` implementation (None:
-        about 2²⁴ logits, 2²² for half-precision inputs, and at most 1/16 of
-        the tokens per chunk, at least 8 tokens, preferably a multiple of 8
-        that divides the tokens).
+        on CPU about 2²⁴ logits, 2²² for half-precision inputs, and at most
+        1/16 of the tokens per chunk, at least 8 tokens, preferably a multiple
+        of 8 that divides the tokens; on GPU and TPU 1/16 of the tokens,
+        a multiple of 8; see the Performance page).
         Ignored by `"xla"`.
       implementation: `"chunked"` (the default for None) or `"xla"` (the
         unfused `x @ w` then the softmax loss, for reference).
@@ -250,7 +251,10 @@ def linear_softmax_cross_entropy(
     if targets.mask is not None:
         # Masked rows become zeros, so nothing non-finite in them reaches the gradient.
         rows = jnp.where(targets.mask.reshape(-1, 1), rows, jnp.zeros_like(rows))
-    plan = make_plan(rows.shape[0], vocab, chunk_size, x.dtype)
+    plans = Plans(
+        cpu=make_plan(rows.shape[0], vocab, chunk_size, x.dtype),
+        default=accelerator_plan(rows.shape[0], chunk_size),
+    )
     coefficients = _reduction.coefficients(
         reduction,
         batch_shape,
@@ -259,16 +263,12 @@ def linear_softmax_cross_entropy(
         mask=targets.mask,
         label_weight=targets.label_weight,
     )
-    # Padding tokens: valid labels with coefficient 0.
-    views = Rows(
-        chunked(rows, plan),
-        chunked(targets.labels.reshape(-1), plan),
-        chunked(targets.valid.reshape(-1), plan, fill=True),
-        chunked(coefficients.reshape(-1), plan),
+    flat = Rows(
+        rows, targets.labels.reshape(-1), targets.valid.reshape(-1), coefficients.reshape(-1)
     )
     if reduction == "none":
-        loss = per_token(plan, views, shared).reshape(batch_shape)
+        loss = per_token(plans.cpu, flat, shared).reshape(batch_shape)
         return _reduction.finish(
             loss, reduction, weights=weights, mask=targets.mask, label_weight=targets.label_weight
         )
-    return weighted_sum(plan, views, shared)
+    return weighted_sum(plans, flat, shared)

@@ -17,6 +17,12 @@ recomputing the logits in a backward pass costs four. The tangent is then
 `⟨G_x, dx⟩ + ⟨G_w, dw⟩ + …`, which reverse mode transposes into a scaling of the
 stored gradients, and forward mode evaluates as it is.
 
+The chunk plan and the weight-gradient update depend on the platform
+(`_platform.by_platform`): on GPUs and TPUs 16 chunks and a gradient
+accumulated in `w`'s dtype inside the matmul (`GENERIC`); on XLA:CPU chunks
+sized for its caches and a float32 accumulator (`XLA_CPU`, `_xla_cpu.py`).
+docs/performance.md has the traffic model behind the choice.
+
 `reduction="none"` returns one loss per token, so no single gradient can be
 formed ahead; it is a plain `lax.scan` over chunks with a checkpointed body
 (the logits are recomputed in the backward pass: four matmuls).
@@ -29,6 +35,7 @@ vocabulary, each device computes its columns of the chunk's logits, and only
 """
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -36,22 +43,22 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from jwxent._fused_linear import _xla_cpu
 from jwxent._fused_linear._chunks import (
     Plan,
+    chunked,
     explicit_sharding,
     take_chunk,
     unchunked,
     write_chunk,
+    zeros_like,
 )
 from jwxent._numerics import compute_dtype
-from jwxent._platform import by_platform
+from jwxent._platform import by_platform, vary_like
 from jwxent._softmax._core import Target, row_stats
 from jwxent._softmax._passes import take_class
 from jwxent._softmax._pipeline import example_finish, integer_cross_entropy
 from jwxent._typing import Array
-
-# The weight gradient of a chunk is added this many blocks of hidden rows at a time.
-_WEIGHT_BLOCKS = 8
 
 # ---------------------------------------------------------------------------
 # One chunk.
@@ -86,11 +93,6 @@ def _transposed_sharding(like: Array) -> jax.sharding.NamedSharding | None:
     if sharding is None:
         return None
     return jax.sharding.NamedSharding(sharding.mesh, jax.P(*reversed(tuple(sharding.spec))))
-
-
-def _matmul(a: Array, b: Array, like: Array, dtype: jnp.dtype) -> Array:
-    """`a @ b` accumulated in `dtype`, sharded like `like` under sharding in types."""
-    return jnp.matmul(a, b, preferred_element_type=dtype, out_sharding=explicit_sharding(like))
 
 
 def capped(u: Array, soft_cap: Array | None) -> Array:
@@ -163,46 +165,57 @@ def _chunk_sum_and_grads(rows: Rows, shared: Shared):
     return value, Rows(dx, None, None, d_coefficients), d_shared, du  # type: ignore[arg-type]
 
 
-def _transposed_apart(x: Array) -> Array:
-    """`xᵀ` behind a barrier (XLA:CPU only).
-
-    XLA:CPU folds a transpose into a product, and its library product takes
-    half precision only for a row-major left operand; folded, the product of
-    bf16 `xᵀ` runs on float32 converts, and the convert of `x` is moved in
-    front of the loop's slice: a float32 copy of all of `x` (32 MiB at
-    8192 × 1024, an eighth of the loss's bf16 temporaries).
-    """
-    if x.dtype == compute_dtype(x.dtype):
-        return x.T  # a float32 product folds the transpose at no cost
-    return lax.optimization_barrier(x.T)
-
-
 def _add_weight_gradient(dw: Array, x: Array, du: Array) -> Array:
-    """`dw + xᵀ @ du` for `[hidden, vocab]` `dw`, a block of hidden rows at a time.
+    """`dw + xᵀ @ du`, `dw` in `w`'s dtype: the generic (GPU and TPU) form.
 
-    One `[hidden, vocab]` product would be a second gradient-sized buffer next
-    to the accumulator; a block of rows of it is a fraction of one, added in
-    place. The blocks run in a loop: unrolled, XLA computes every block's
-    product before the first update, and all of them are alive at once.
-    Blocks of the hidden axis leave the vocabulary axis whole, so `w` may be
-    sharded along it. The operands are in the inputs' dtype (a float32 `x`
-    would be hoisted out of the loop as a float32 copy of all of `x`), the
-    product accumulates in float32.
+    `x`: `[t, hidden]`, `du`: `[t, vocab]`, both in the inputs' dtype. The
+    product accumulates in float32 and is rounded once into `dw`; GPU and TPU
+    compilers fuse the addition into the matmul (cuBLAS `beta = 1`, a TPU
+    output fusion), so `dw` is read and written once per chunk and no
+    `[hidden, vocab]` float32 product exists. In float32 nothing is lost; in
+    half precision each chunk rounds `dw` once (see docs/performance.md).
     """
-    hidden = dw.shape[0]
-    rows = -(-hidden // _WEIGHT_BLOCKS)
-    x_t = by_platform(x, cpu=_transposed_apart, default=jnp.transpose)
+    part = lax.dot_general(
+        x,
+        du,
+        (((0,), (0,)), ((), ())),
+        preferred_element_type=compute_dtype(x.dtype),
+        out_sharding=explicit_sharding(dw),
+    )
+    return dw + part.astype(dw.dtype)
 
-    def add_block(start, dw, size=rows):
-        block = lax.dynamic_slice_in_dim(dw, start, size, axis=0)
-        part = _matmul(lax.dynamic_slice_in_dim(x_t, start, size, axis=0), du, block, dw.dtype)
-        return lax.dynamic_update_slice_in_dim(dw, block + part, start, axis=0)
 
-    full_blocks = hidden // rows
-    dw = lax.fori_loop(0, full_blocks, lambda b, dw: add_block(b * rows, dw), dw)
-    if hidden % rows:  # the last, shorter block
-        dw = add_block(full_blocks * rows, dw, size=hidden % rows)
-    return dw
+class WeightGradient(NamedTuple):
+    """How one platform accumulates the `[hidden, vocab]` weight gradient over chunks.
+
+    Attributes:
+      zeros: `w -> dw`, the accumulator before the first chunk.
+      add: `(dw, x, du) -> dw + xᵀ @ du` for one chunk.
+    """
+
+    zeros: Callable[[Array], Array]
+    add: Callable[[Array, Array, Array], Array]
+
+
+GENERIC = WeightGradient(zeros_like, _add_weight_gradient)
+XLA_CPU = WeightGradient(_xla_cpu.weight_gradient_zeros, _xla_cpu.add_weight_gradient)
+
+
+class Plans(NamedTuple):
+    """The chunk plans of one call: XLA:CPU's and every other platform's (static)."""
+
+    cpu: Plan
+    default: Plan
+
+
+def _views(rows: Rows, plan: Plan) -> Rows:
+    """`[tokens, ...]` rows as `[chunk, num_chunks, ...]` views (padding tokens count 0)."""
+    return Rows(
+        chunked(rows.x, plan),
+        chunked(rows.labels, plan),
+        chunked(rows.valid, plan, fill=True),
+        chunked(rows.coefficients, plan),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -211,20 +224,31 @@ def _add_weight_gradient(dw: Array, x: Array, du: Array) -> Array:
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def weighted_sum(plan: Plan, rows: Rows, shared: Shared) -> Array:
-    """`Σ_b v_b·ℓ_b` over every chunk; `rows` are `[chunk, num_chunks, ...]` views."""
+def weighted_sum(plans: Plans, rows: Rows, shared: Shared) -> Array:
+    """`Σ_b v_b·ℓ_b` over every chunk of the platform's plan; `rows` are `[tokens, ...]`."""
+    return by_platform(
+        rows,
+        shared,
+        cpu=functools.partial(_sum, plans.cpu),
+        default=functools.partial(_sum, plans.default),
+    )
+
+
+def _sum(plan: Plan, rows: Rows, shared: Shared) -> Array:
+    views = _views(rows, plan)
+    shared = vary_like(shared, views)  # see `per_token`
 
     def body(c, total):
-        return total + _chunk_sum(take_chunk(rows, c), shared)
+        return total + _chunk_sum(take_chunk(views, c), shared)
 
-    zero = jnp.zeros((), compute_dtype(rows.x.dtype))
+    zero = vary_like(jnp.zeros((), compute_dtype(rows.x.dtype)), (views, shared))
     return lax.fori_loop(0, plan.num_chunks, body, zero)
 
 
-def _weighted_sum_jvp(plan, primals, tangents):
+def _weighted_sum_jvp(plans, primals, tangents):
     rows, shared = primals
     d_rows, d_shared = tangents
-    value, grads = _value_and_grads(plan, rows, shared)
+    value, grads = _value_and_grads(plans, rows, shared)
     # Products in the inputs' dtype, sums in the loss's: reverse mode then scales
     # each stored gradient in its own dtype, with no float32 copy of a bf16 one.
     terms = [
@@ -236,17 +260,43 @@ def _weighted_sum_jvp(plan, primals, tangents):
     return value, tangent
 
 
-def _value_and_grads(plan: Plan, rows: Rows, shared: Shared):
-    """The value and the gradients of every input, in one sweep over the chunks."""
+def _value_and_grads(plans: Plans, rows: Rows, shared: Shared):
+    """The value and the gradients of every input, in one sweep over the platform's chunks.
+
+    Both platforms' gradients have the inputs' shapes and dtypes (a `switch`
+    needs one type), so XLA:CPU's float32 weight gradient is rounded to
+    `w`'s dtype once, at the end.
+    """
+    total, dx, d_coefficients, d_shared = by_platform(
+        rows,
+        shared,
+        cpu=functools.partial(_sweep, plans.cpu, XLA_CPU),
+        default=functools.partial(_sweep, plans.default, GENERIC),
+    )
+    return total, (rows._replace(x=dx, coefficients=d_coefficients), d_shared)
+
+
+def _sweep(plan: Plan, weight_gradient: WeightGradient, rows: Rows, shared: Shared):
+    """One loop over the chunks: the value, `dx`, the coefficients' and `shared`'s gradients.
+
+    Per chunk: its logits (one matmul), their gradient `du` from the softmax
+    core, `dx = du @ wᵀ` (a second) and `dw += xᵀ @ du` (a third).
+    """
+    views = _views(rows, plan)
+    shared = vary_like(shared, views)  # see `per_token`
     dtype = compute_dtype(rows.x.dtype)
-    zeros = jax.tree.map(lambda a: jnp.zeros_like(a, dtype=dtype), shared)
-    d_views = (jnp.zeros_like(rows.x), jnp.zeros_like(rows.coefficients))
+    zeros = jax.tree.map(lambda a: zeros_like(a, dtype), shared._replace(w=None))
+    d_views = (zeros_like(views.x), zeros_like(views.coefficients))
+    init = (jnp.zeros((), dtype), zeros._replace(w=weight_gradient.zeros(shared.w)), d_views)
+    # Inside `shard_map` the body's results vary over the axes its inputs vary
+    # over (a replicated `w` meets sharded tokens); the loop carry must too.
+    init = vary_like(init, (views, shared))
 
     def body(c, carry):
         total, d_shared, (dx, d_coefficients) = carry
-        chunk_rows = take_chunk(rows, c)
+        chunk_rows = take_chunk(views, c)
         value, d_rows, d_chunk, du = _chunk_sum_and_grads(chunk_rows, shared)
-        dw = _add_weight_gradient(d_shared.w, chunk_rows.x, du.astype(chunk_rows.x.dtype))
+        dw = weight_gradient.add(d_shared.w, chunk_rows.x, du.astype(chunk_rows.x.dtype))
         d_shared = jax.tree.map(jnp.add, d_shared._replace(w=None), d_chunk)._replace(w=dw)
         d_views = (
             write_chunk(dx, d_rows.x, c),
@@ -254,16 +304,24 @@ def _value_and_grads(plan: Plan, rows: Rows, shared: Shared):
         )
         return total + value, d_shared, d_views
 
-    init = (jnp.zeros((), dtype), zeros, d_views)
     total, d_shared, (dx, d_coefficients) = lax.fori_loop(0, plan.num_chunks, body, init)
-    return total, (rows._replace(x=dx, coefficients=d_coefficients), d_shared)
+    d_shared = d_shared._replace(w=d_shared.w.astype(shared.w.dtype))
+    return total, unchunked(dx, plan), unchunked(d_coefficients, plan), d_shared
 
 
 weighted_sum.defjvp(_weighted_sum_jvp, symbolic_zeros=True)
 
 
 def per_token(plan: Plan, rows: Rows, shared: Shared) -> Array:
-    """`[tokens]` losses for `reduction="none"`: a loop over chunks, each checkpointed."""
+    """`[tokens]` losses for `reduction="none"`: a loop over chunks, each checkpointed.
+
+    One plan on every platform (the CPU plan): a platform switch would keep
+    both plans' residuals in reverse mode.
+    """
+    rows = _views(rows, plan)
+    # Closed over inside `shard_map`, `w` and the class vectors are typed on the
+    # outer mesh; as varying values of the body they are typed on its own.
+    shared = vary_like(shared, rows)
 
     @jax.checkpoint
     def chunk_losses(chunk_rows):
@@ -273,5 +331,6 @@ def per_token(plan: Plan, rows: Rows, shared: Shared) -> Array:
         return write_chunk(losses, chunk_losses(take_chunk(rows, c)), c)
 
     dtype = compute_dtype(rows.x.dtype)
-    losses = lax.fori_loop(0, plan.num_chunks, body, jnp.zeros_like(rows.coefficients, dtype))
+    zeros = vary_like(zeros_like(rows.coefficients, dtype), (rows, shared))
+    losses = lax.fori_loop(0, plan.num_chunks, body, zeros)
     return unchunked(losses, plan)
