@@ -319,8 +319,8 @@ def _shape_args(tokens, hidden, vocab):
 
 @pytest.mark.parametrize(
     ("tokens", "hidden", "vocab"),
-    # The second is SPEC §8's: there one `[hidden, vocab]` float32 product too
-    # many (125 MiB) would miss the bar.
+    # The second is a shape of the memory bar (docs/benchmarks.md): there one
+    # `[hidden, vocab]` float32 product too many (125 MiB) would miss it.
     [(2048, 128, 16384), (4096, 1024, 32000)],
 )
 def test_temp_memory_is_at_most_an_eighth_of_unfused(tokens, hidden, vocab):
