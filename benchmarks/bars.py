@@ -1,4 +1,7 @@
-"""The performance bars (docs/benchmarks.md, "The bars of the contract"), checked on one row of a rendered table.
+"""The performance bars, checked on one row of a rendered table.
+
+The bars are the project's own, stated in docs/benchmarks.md ("The bars of
+the contract").
 
 A `Row` is one (shape, dtype, loss) of a family on one machine: jwxent's
 `value_and_grad` against the family's reference and the floor. A bar is a
