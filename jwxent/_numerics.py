@@ -42,14 +42,6 @@ def expand_rank(x: Array, ndim: int) -> Array:
     return x.reshape((1,) * (ndim - x.ndim) + x.shape)
 
 
-def sum_to_shape(x: Array, shape: tuple[int, ...]) -> Array:
-    """Sums `x` over the axes that broadcasting added to an array of `shape`."""
-    leading = x.ndim - len(shape)
-    x = jnp.sum(x, axis=tuple(range(leading))) if leading else x
-    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and x.shape[i] != 1)
-    return jnp.sum(x, axis=stretched, keepdims=True) if stretched else x
-
-
 def finite_or_zero(z: Array) -> Array:
     """Replaces -inf (masked classes) by 0, so that `0·z` is 0, not NaN."""
     return jnp.where(jnp.isneginf(z), jnp.zeros_like(z), z)
