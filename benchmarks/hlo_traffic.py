@@ -324,10 +324,15 @@ def _through_bitcasts(comp: Computation, name: str) -> Iterator[tuple[Instructio
             yield user, index
 
 
+_TAKES_PART = frozenset({"dynamic-slice", "slice", "gather"})
+"""Opcodes that read only what they return of their first operand."""
+
+
 def _param_bytes(module: Module, comp: Computation, param: Instruction) -> float:
-    """What a fused kernel reads of one parameter: only the slices, if it is only sliced."""
+    """What a fused kernel reads of one parameter: only the slices, if it is only sliced
+    (or gathered from)."""
     uses = list(_through_bitcasts(comp, param.name))
-    sliced = [u for u, i in uses if u.opcode in ("dynamic-slice", "slice") and i == 0]
+    sliced = [u for u, i in uses if u.opcode in _TAKES_PART and i == 0]
     in_place = [u for u, i in uses if u.opcode == "dynamic-update-slice" and i == 0]
     if uses and len(sliced) + len(in_place) == len(uses):
         return sum(type_bytes(u.type) for u in sliced)
@@ -367,7 +372,7 @@ def kernel_bytes(module: Module, comp: Computation, inst: Instruction) -> float:
     if inst.opcode == "fusion":
         return _fusion_bytes(module, inst)
     operands = [type_bytes(module.type_of(name)) for name in inst.operands]
-    if inst.opcode == "dynamic-slice":
+    if inst.opcode in _TAKES_PART:
         return 2 * type_bytes(inst.type) + sum(operands[1:])
     if inst.opcode == "dynamic-update-slice":
         return 2 * operands[1] + sum(operands[2:])

@@ -100,6 +100,28 @@ ENTRY %main (x: f32[8,1024], u: f32[1,1024], i: s32[]) -> (f32[1,1024], f32[8,10
     assert hlo_traffic.count(hlo).bytes == 2 * (2 * ROW + 8)
 
 
+
+def test_gathers_read_what_they_take():
+    # A fusion that takes one logit per row (the label's), and a top-level gather.
+    hlo = """
+%pick (z: f32[8,1024], y: s32[8,1]) -> f32[8] {
+  %z = f32[8,1024]{1,0} parameter(0)
+  %y = s32[8,1]{1,0} parameter(1)
+  %g = f32[8,1]{1,0} gather(%z, %y), offset_dims={1}, collapsed_slice_dims={}, start_index_map={1}, index_vector_dim=1, slice_sizes={1,1}
+  %b = f32[8]{0} bitcast(%g)
+  ROOT %n = f32[8]{0} negate(%b)
+}
+
+ENTRY %main (z: f32[8,1024], y: s32[8,1]) -> (f32[8], f32[8,1]) {
+  %z = f32[8,1024]{1,0} parameter(0)
+  %y = s32[8,1]{1,0} parameter(1)
+  %f = f32[8]{0} fusion(%z, %y), kind=kLoop, calls=%pick
+  %t = f32[8,1]{1,0} gather(%z, %y), offset_dims={1}, collapsed_slice_dims={}, start_index_map={1}, index_vector_dim=1, slice_sizes={1,1}
+  ROOT %r = (f32[8]{0}, f32[8,1]{1,0}) tuple(%f, %t)
+}"""  # noqa: E501
+    # Each: 8 logits read, 8 indices read, 8 floats written.
+    assert hlo_traffic.count(hlo).bytes == 2 * (3 * 8 * 4)
+
 MATMULS = """
 %gemm_computation (a: f32[64,128], b: f32[128,32]) -> f32[64,32] {
   %a = f32[64,128]{1,0} parameter(0)
