@@ -5,7 +5,8 @@ faster form on one compiler only (the XLA:CPU workarounds of
 `_softmax/_xla_cpu.py`, each with the measurement that justifies it).
 `by_platform(*args, cpu=f, default=g)` computes `f(*args)` in a program
 lowered for XLA:CPU and `g(*args)` in any other. `f` and `g` must compute the
-same function, with the same output types.
+same function, with the same output types. A third form, `tpu=`, is taken
+for TPUs only where one differs (the fused loss's chunk count).
 
 It is `jax.lax.platform_dependent`, public JAX API: both forms are traced
 into a `switch` on the platform, and lowering for one platform keeps only
@@ -33,33 +34,45 @@ _state = threading.local()
 
 
 @contextlib.contextmanager
-def generic_only() -> Iterator[None]:
-    """Within this context, `by_platform` traces only the generic path."""
-    previous = getattr(_state, "generic_only", False)
-    _state.generic_only = True
+def generic_only(platform: str = "gpu") -> Iterator[None]:
+    """Within this context, `by_platform` traces only the generic path.
+
+    `platform="tpu"` takes the TPU form where a call has one.
+    """
+    previous = generic_active()
+    _state.generic_only = platform
     try:
         yield
     finally:
         _state.generic_only = previous
 
 
-def generic_active() -> bool:
-    """Whether `generic_only()` is active (a static argument of cached traces)."""
-    return getattr(_state, "generic_only", False)
+def generic_active() -> str | None:
+    """The platform of an active `generic_only()`, or None (a static argument of
+    cached traces)."""
+    return getattr(_state, "generic_only", None)
 
 
-def by_platform(*args: Any, cpu: Callable[..., Any], default: Callable[..., Any]) -> Any:
-    """`cpu(*args)` when lowered for XLA:CPU, `default(*args)` everywhere else.
+def by_platform(
+    *args: Any,
+    cpu: Callable[..., Any],
+    default: Callable[..., Any],
+    tpu: Callable[..., Any] | None = None,
+) -> Any:
+    """`cpu(*args)` when lowered for XLA:CPU, `tpu(*args)` for a TPU (if given),
+    `default(*args)` everywhere else.
 
     `args` and the results may be pytrees (with None leaves).
     """
-    if generic_active():
-        return default(*args)
-    # Inside `shard_map` the two forms may vary over different mesh axes (an
+    active = generic_active()
+    if active is not None:
+        return tpu(*args) if active == "tpu" and tpu is not None else default(*args)
+    # Inside `shard_map` the forms may vary over different mesh axes (an
     # optimisation barrier varies over every axis of its operands; a sum may
-    # not), and a `switch` needs equal types: both vary over the inputs' axes.
-    cpu, default = _varying_as(args, cpu), _varying_as(args, default)
-    return lax.platform_dependent(*args, cpu=cpu, default=default)
+    # not), and a `switch` needs equal types: all vary over the inputs' axes.
+    forms = {"cpu": cpu, "default": default} | ({} if tpu is None else {"tpu": tpu})
+    forms = {platform: _varying_as(args, form) for platform, form in forms.items()}
+    return lax.platform_dependent(*args, **forms)
 
 
 def vary_like(outputs: Any, inputs: Any) -> Any:

@@ -479,19 +479,27 @@ def binary_cross_entropy(
 # ---------------------------------------------------------------------------
 
 
-def linear_logits(x, w, bias=None, logit_soft_cap=None, *, xp=np):
-    """`cap(x @ w + bias)`, with Gemma 2's soft cap `cap(z) = c·tanh(z/c)`."""
+def linear_logits(x, w, bias=None, logit_soft_cap=None, *, xp=np, stored_dtype=None):
+    """`cap(x @ w + bias)`, with Gemma 2's soft cap `cap(z) = c·tanh(z/c)`.
+
+    `stored_dtype`: `x @ w + bias` rounded to it before the cap (the GPU and
+    TPU plan stores half-precision logits in the inputs' dtype).
+    """
     z = _f64(x, xp) @ _f64(w, xp)
     if bias is not None:
         z = z + _rows(_f64(bias, xp), z.ndim, xp)
+    if stored_dtype is not None:
+        z = _f64(xp.asarray(z, stored_dtype), xp)
     if logit_soft_cap is not None:
         z = logit_soft_cap * xp.tanh(z / logit_soft_cap)
     return z
 
 
-def linear_softmax_cross_entropy(x, w, labels, *, xp=np, bias=None, logit_soft_cap=None, **options):
+def linear_softmax_cross_entropy(
+    x, w, labels, *, xp=np, bias=None, logit_soft_cap=None, stored_dtype=None, **options
+):
     """The integer-label softmax reference on the projected (and capped) logits."""
-    logits = linear_logits(x, w, bias, logit_soft_cap, xp=xp)
+    logits = linear_logits(x, w, bias, logit_soft_cap, xp=xp, stored_dtype=stored_dtype)
     return softmax_cross_entropy_with_integer_labels(logits, labels, xp=xp, **options)
 
 

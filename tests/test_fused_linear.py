@@ -10,6 +10,7 @@ import pytest
 
 import jwxent
 from jwxent import _platform
+from jwxent._fused_linear import _chunks
 from tests import _references as ref
 from tests._tolerance import assert_close
 
@@ -166,24 +167,50 @@ def test_hidden_size_with_a_short_last_weight_block(path):
         _assert_values_and_grads(d, label_key, kwargs, ["mean"], chunk_size=5)
 
 
-def test_generic_path_matches_in_float64():
-    """The GPU/TPU plan (`accelerator_plan`: 16 chunks, the weight gradient accumulated
-    in `w`'s dtype) on every keyword, in float64."""
-    with jax.enable_x64(True), _platform.generic_only():
+@pytest.mark.parametrize("platform", ["gpu", "tpu"])
+def test_generic_path_matches_in_float64(platform):
+    """The GPU and TPU plans (`accelerator_plan`: `GPU_CHUNKS` chunks, or `tpu_chunks`;
+    the weight gradient accumulated in `w`'s dtype) on every keyword, in float64."""
+    with jax.enable_x64(True), _platform.generic_only(platform):
         d = make_inputs(vocab=41, seed=5, batch=(8, 16))
         label_key, kwargs = CASES["everything"](d)
         _assert_values_and_grads(d, label_key, kwargs, ["sum", "weighted_mean"])
 
 
+@pytest.mark.parametrize(
+    ("tokens", "dtype", "gpu", "tpu"),
+    [
+        # (tokens, inputs' dtype, GPU chunks x tokens, TPU chunks x tokens)
+        (8192, jnp.bfloat16, (8, 1024), (24, 344)),
+        (8192, jnp.float32, (8, 1024), (16, 512)),
+        (32768, jnp.bfloat16, (8, 4096), (32, 1024)),  # TPU chunks of at most 1024 tokens
+        (100, jnp.bfloat16, (7, 16), (13, 8)),  # multiples of 8 tokens, the last one short
+    ],
+)
+def test_accelerator_plans(tokens, dtype, gpu, tpu):
+    """GPU: `GPU_CHUNKS` chunks; TPU: 16 (float32) or 24 (half precision) chunks of at
+    most `TPU_MAX_CHUNK` tokens; chunks of a multiple of 8 tokens that cover them all."""
+    for expected, num_chunks in [
+        (gpu, _chunks.GPU_CHUNKS),
+        (tpu, _chunks.tpu_chunks(tokens, dtype)),
+    ]:
+        plan = _chunks.accelerator_plan(tokens, None, num_chunks)
+        assert (plan.num_chunks, plan.chunk) == expected
+        assert plan.chunk % 8 == 0 and 0 <= plan.padding < plan.chunk
+
+
 def test_half_precision_weight_gradient_rounds_once_per_chunk():
-    """On GPUs and TPUs the bf16 weight gradient is the accumulator (it lives in the
-    output buffer): each of the 16 chunks adds a float32 product and rounds once.
+    """On GPUs the bf16 weight gradient is the accumulator (it lives in the output
+    buffer): each of the `GPU_CHUNKS` chunks adds a float32 product and rounds once,
+    and the chunk's logits are stored in bf16, as `x @ w` would be.
 
     Bound, elementwise, against float64 on the same bf16 inputs, with u = 2^-8 the
     unit roundoff of bf16 and S = |x|ᵀ|dz| (which bounds every partial sum): the
-    16 roundings of the accumulator and the rounding of `dz` to bf16 before the
-    product each cost at most u·S, so |dw − dw₆₄| ≤ (16 + 2)·u·S. The test also
-    checks that the bound is not loose by orders of magnitude.
+    n roundings of the accumulator and the rounding of `dz` to bf16 before the
+    product each cost at most u·S, so (n + 2)·u·S; rounding a row's logits (at
+    most M in size) moves each probability by at most 2·u·M·p, which adds
+    2·u·|x|ᵀ(M·p). The test also checks that the bound is not loose by orders
+    of magnitude.
     """
     tokens, hidden, vocab = 512, 32, 300
     rng = np.random.default_rng(11)
@@ -202,9 +229,10 @@ def test_half_precision_weight_gradient_rounds_once_per_chunk():
     p /= p.sum(axis=1, keepdims=True)
     dz = p - np.eye(vocab)[np.asarray(labels)]
     expected, scale = x64.T @ dz, np.abs(x64).T @ np.abs(dz)
+    logits_rounding = np.abs(x64).T @ (np.max(np.abs(z), axis=1, keepdims=True) * p)
     error = np.abs(np.asarray(dw, np.float64) - expected)
-    chunks = 16
-    assert np.all(error <= (chunks + 2) * 2.0**-8 * scale)
+    u = 2.0**-8
+    assert np.all(error <= (_chunks.GPU_CHUNKS + 2) * u * scale + 2 * u * logits_rounding)
     assert np.max(error / scale) > 2.0**-12  # bf16 rounding is visible, the bound is not vacuous
 
 

@@ -27,8 +27,13 @@ _HALF_PRECISION_CHUNK_ELEMENTS = 2**22
 _MIN_NUM_CHUNKS = 16
 _MIN_CHUNK = 8
 
-# On GPUs and TPUs a chunk holds 1/16 of the tokens (see `accelerator_plan`).
-_ACCELERATOR_CHUNKS = 16
+# The number of chunks on GPUs, and on TPUs for 4-byte and for half-precision
+# inputs (see `accelerator_plan`).
+GPU_CHUNKS = 8
+TPU_CHUNKS = 16
+TPU_HALF_PRECISION_CHUNKS = 24
+# ... and on TPUs at most this many tokens per chunk.
+TPU_MAX_CHUNK = 1024
 
 # ---------------------------------------------------------------------------
 # How the tokens are cut into chunks.
@@ -77,24 +82,44 @@ def make_plan(num_tokens: int, vocab: int, chunk_size: int | None, dtype: jnp.dt
     return Plan(num_tokens, max(chunk, 1), num_chunks)
 
 
-def accelerator_plan(num_tokens: int, chunk_size: int | None) -> Plan:
-    """`_ACCELERATOR_CHUNKS` chunks of a multiple of 8 tokens (or `chunk_size` tokens).
+def accelerator_plan(num_tokens: int, chunk_size: int | None, num_chunks: int) -> Plan:
+    """`num_chunks` chunks of a multiple of 8 tokens (or chunks of `chunk_size` tokens).
 
     The traffic model (docs/performance.md): each chunk reads `w` twice and
     reads and writes the `[hidden, vocab]` weight gradient once, `4·H·V·b`
     bytes, on top of the logits' own traffic, which does not depend on the
-    chunks; the temporaries are the chunk's float32 logits and their gradient,
-    `t·V·(4 + b)` bytes. So the fewest chunks whose temporaries stay within
-    1/8 of the unfused loss's `[T, V]` logits win: 16 chunks hold
-    `6/16 = 0.375` bytes per logit in half precision, against the unfused
-    loss's 2 to 4. The number of chunks does not depend on the vocabulary or
-    the hidden size: both bars scale with them alike.
+    chunks. So the fewest chunks whose temporaries stay within 1/8 of the
+    unfused loss's win:
+
+    * GPU (`GPU_CHUNKS`): a chunk's temporaries are its logits in the inputs'
+      dtype, which their gradient overwrites, `T·V·b/n`, against the unfused
+      loss's float32 logits and more (`4·T·V` bytes in bf16, `8·T·V` in f32):
+      8 chunks keep 1/16 of it.
+    * TPU: the gradient of the logits is fused into the two matmuls that read
+      it, but the compiler lays the strided chunks out anew: up to two
+      `[T, H]` copies (of `x` and of `dx`, a third with padding tokens) on
+      top of the chunk's logits, against one `[T, V]` logits array of the
+      unfused loss. In half precision that takes 24 chunks
+      (`TPU_HALF_PRECISION_CHUNKS`); in float32, where each chunk's weight
+      traffic costs twice as much, 16; and chunks of at most 1024 tokens
+      (`TPU_MAX_CHUNK`), which still do 6·1024 flops per byte of weight
+      traffic, well above the TPU's ratio of peak flops to bandwidth.
+
+    Neither count depends on the vocabulary or the hidden size: the bars
+    scale with both alike, up to the `[T, H]` copies (`H/V ≈ 1/32` at the
+    sizes measured).
     """
     if chunk_size is not None or num_tokens <= _MIN_CHUNK:
         return make_plan(num_tokens, 1, chunk_size or max(num_tokens, 1), jnp.float32)
-    chunk = -(-num_tokens // _ACCELERATOR_CHUNKS)
+    chunk = -(-num_tokens // num_chunks)
     chunk = max(_MIN_CHUNK, -(-chunk // _MIN_CHUNK) * _MIN_CHUNK)
     return Plan(num_tokens, chunk, -(-num_tokens // chunk))
+
+
+def tpu_chunks(num_tokens: int, dtype: jnp.dtype) -> int:
+    """The TPU plan's number of chunks for `num_tokens` inputs of `dtype`."""
+    base = TPU_CHUNKS if jnp.dtype(dtype).itemsize >= 4 else TPU_HALF_PRECISION_CHUNKS
+    return max(base, -(-num_tokens // TPU_MAX_CHUNK))
 
 
 def chunked(a: Array, plan: Plan, fill: bool | int = 0) -> Array:

@@ -10,7 +10,7 @@ from typing import Literal
 import jax.numpy as jnp
 
 from jwxent import _checks, _reduction
-from jwxent._fused_linear._chunks import accelerator_plan, make_plan
+from jwxent._fused_linear._chunks import GPU_CHUNKS, accelerator_plan, make_plan, tpu_chunks
 from jwxent._fused_linear._sweep import Plans, Rows, Shared, capped, per_token, weighted_sum
 from jwxent._numerics import class_vector, compute_dtype, hyperparameter, is_static_zero
 from jwxent._softmax._inputs import prepare_integer_labels
@@ -253,7 +253,8 @@ def linear_softmax_cross_entropy(
         rows = jnp.where(targets.mask.reshape(-1, 1), rows, jnp.zeros_like(rows))
     plans = Plans(
         cpu=make_plan(rows.shape[0], vocab, chunk_size, x.dtype),
-        default=accelerator_plan(rows.shape[0], chunk_size),
+        default=accelerator_plan(rows.shape[0], chunk_size, GPU_CHUNKS),
+        tpu=accelerator_plan(rows.shape[0], chunk_size, tpu_chunks(rows.shape[0], x.dtype)),
     )
     coefficients = _reduction.coefficients(
         reduction,

@@ -100,9 +100,13 @@ def capped(u: Array, soft_cap: Array | None) -> Array:
 
 
 def _row_losses(u: Array, rows: Rows, shared: Shared) -> Array:
-    """`[t]` losses of one chunk from its uncapped logits `u` (the softmax pipeline)."""
-    dtype = u.dtype
-    z = capped(u, None if shared.soft_cap is None else shared.soft_cap.astype(dtype))
+    """`[t]` losses of one chunk from its uncapped logits `u` (the softmax pipeline).
+
+    Half-precision `u` is converted inside each pass of the softmax core; a
+    soft cap is applied in float32.
+    """
+    dtype = compute_dtype(u.dtype)
+    z = u if shared.soft_cap is None else capped(u.astype(dtype), shared.soft_cap.astype(dtype))
     cw = shared.class_weights
     label_weight = None if cw is None else take_class(cw, rows.labels)
     smoothing, total = None, None
@@ -118,21 +122,22 @@ def _row_losses(u: Array, rows: Rows, shared: Shared) -> Array:
     return example_finish(loss, stats.lse, label_weight, rows.valid, z_loss)
 
 
-def _uncapped_logits(x: Array, shared: Shared) -> Array:
+def _uncapped_logits(x: Array, shared: Shared, stored: jnp.dtype | None = None) -> Array:
+    """`x @ w + bias`, accumulated in float32 and stored in `stored` (default: float32)."""
     dtype = compute_dtype(x.dtype)
     u = jnp.matmul(x, shared.w, preferred_element_type=dtype)
     if shared.bias is not None:
         u = u + shared.bias.astype(dtype)[None, :]
-    return u
+    return u if stored is None else u.astype(stored)
 
 
-def _chunk_sum(rows: Rows, shared: Shared) -> Array:
+def _chunk_sum(rows: Rows, shared: Shared, stored: jnp.dtype | None = None) -> Array:
     """`Σ_b v_b·ℓ_b` over one chunk (one matmul)."""
-    losses = _row_losses(_uncapped_logits(rows.x, shared), rows, shared)
+    losses = _row_losses(_uncapped_logits(rows.x, shared, stored), rows, shared)
     return jnp.sum(rows.coefficients * losses)
 
 
-def _chunk_sum_and_grads(rows: Rows, shared: Shared):
+def _chunk_sum_and_grads(rows: Rows, shared: Shared, stored: jnp.dtype | None = None):
     """`Σ_b v_b·ℓ_b` over one chunk and its gradients: three matmuls.
 
     The loss is differentiated with respect to the chunk's logits (and the
@@ -141,7 +146,7 @@ def _chunk_sum_and_grads(rows: Rows, shared: Shared):
     accumulation.
     """
     dtype = compute_dtype(rows.x.dtype)
-    u = _uncapped_logits(rows.x, shared)
+    u = _uncapped_logits(rows.x, shared, stored)
     small = shared._replace(w=None, bias=None)
 
     def loss_of_logits(u, coefficients, small):
@@ -161,7 +166,8 @@ def _chunk_sum_and_grads(rows: Rows, shared: Shared):
         preferred_element_type=dtype,
         out_sharding=_transposed_sharding(rows.x),
     ).T.astype(rows.x.dtype)
-    d_shared = d_small._replace(bias=None if shared.bias is None else jnp.sum(du, axis=0))
+    d_bias = None if shared.bias is None else jnp.sum(du, axis=0, dtype=dtype)
+    d_shared = d_small._replace(bias=d_bias)
     return value, Rows(dx, None, None, d_coefficients), d_shared, du  # type: ignore[arg-type]
 
 
@@ -185,27 +191,47 @@ def _add_weight_gradient(dw: Array, x: Array, du: Array) -> Array:
     return dw + part.astype(dw.dtype)
 
 
-class WeightGradient(NamedTuple):
-    """How one platform accumulates the `[hidden, vocab]` weight gradient over chunks.
+class ChunkForm(NamedTuple):
+    """How one platform makes a chunk's logits and accumulates the weight gradient.
 
     Attributes:
+      stored: `x.dtype -> dtype` of the chunk's stored logits (the matmul
+        accumulates in float32 either way).
       zeros: `w -> dw`, the accumulator before the first chunk.
       add: `(dw, x, du) -> dw + xᵀ @ du` for one chunk.
     """
 
+    stored: Callable[[jnp.dtype], jnp.dtype]
     zeros: Callable[[Array], Array]
     add: Callable[[Array, Array, Array], Array]
 
 
-GENERIC = WeightGradient(zeros_like, _add_weight_gradient)
-XLA_CPU = WeightGradient(_xla_cpu.weight_gradient_zeros, _xla_cpu.add_weight_gradient)
+def _as_inputs(dtype: jnp.dtype) -> jnp.dtype:
+    """Logits stored in the inputs' dtype, as `x @ w` would be (bf16 for bf16 inputs).
+
+    On GPUs and TPUs the chunk's logits are the largest traffic of the loss:
+    written by the matmul, read by the log-sum-exp pass and the gradient pass.
+    Half-precision logits halve that and let the gradient overwrite them in
+    place; the loss is still computed in float32 from them, exactly as the
+    unfused loss computes it from `x @ w` (docs/performance.md).
+    """
+    return jnp.dtype(dtype)
+
+
+def _float32(dtype: jnp.dtype) -> jnp.dtype:
+    return compute_dtype(dtype)
+
+
+GENERIC = ChunkForm(_as_inputs, zeros_like, _add_weight_gradient)
+XLA_CPU = ChunkForm(_float32, _xla_cpu.weight_gradient_zeros, _xla_cpu.add_weight_gradient)
 
 
 class Plans(NamedTuple):
-    """The chunk plans of one call: XLA:CPU's and every other platform's (static)."""
+    """The chunk plans of one call (static): XLA:CPU's, GPUs' (the default) and TPUs'."""
 
     cpu: Plan
     default: Plan
+    tpu: Plan
 
 
 def _views(rows: Rows, plan: Plan) -> Rows:
@@ -229,17 +255,19 @@ def weighted_sum(plans: Plans, rows: Rows, shared: Shared) -> Array:
     return by_platform(
         rows,
         shared,
-        cpu=functools.partial(_sum, plans.cpu),
-        default=functools.partial(_sum, plans.default),
+        cpu=functools.partial(_sum, plans.cpu, XLA_CPU),
+        default=functools.partial(_sum, plans.default, GENERIC),
+        tpu=functools.partial(_sum, plans.tpu, GENERIC),
     )
 
 
-def _sum(plan: Plan, rows: Rows, shared: Shared) -> Array:
+def _sum(plan: Plan, form: ChunkForm, rows: Rows, shared: Shared) -> Array:
     views = _views(rows, plan)
     shared = vary_like(shared, views)  # see `per_token`
+    stored = form.stored(rows.x.dtype)
 
     def body(c, total):
-        return total + _chunk_sum(take_chunk(views, c), shared)
+        return total + _chunk_sum(take_chunk(views, c), shared, stored)
 
     zero = vary_like(jnp.zeros((), compute_dtype(rows.x.dtype)), (views, shared))
     return lax.fori_loop(0, plan.num_chunks, body, zero)
@@ -272,11 +300,12 @@ def _value_and_grads(plans: Plans, rows: Rows, shared: Shared):
         shared,
         cpu=functools.partial(_sweep, plans.cpu, XLA_CPU),
         default=functools.partial(_sweep, plans.default, GENERIC),
+        tpu=functools.partial(_sweep, plans.tpu, GENERIC),
     )
     return total, (rows._replace(x=dx, coefficients=d_coefficients), d_shared)
 
 
-def _sweep(plan: Plan, weight_gradient: WeightGradient, rows: Rows, shared: Shared):
+def _sweep(plan: Plan, form: ChunkForm, rows: Rows, shared: Shared):
     """One loop over the chunks: the value, `dx`, the coefficients' and `shared`'s gradients.
 
     Per chunk: its logits (one matmul), their gradient `du` from the softmax
@@ -287,16 +316,17 @@ def _sweep(plan: Plan, weight_gradient: WeightGradient, rows: Rows, shared: Shar
     dtype = compute_dtype(rows.x.dtype)
     zeros = jax.tree.map(lambda a: zeros_like(a, dtype), shared._replace(w=None))
     d_views = (zeros_like(views.x), zeros_like(views.coefficients))
-    init = (jnp.zeros((), dtype), zeros._replace(w=weight_gradient.zeros(shared.w)), d_views)
+    init = (jnp.zeros((), dtype), zeros._replace(w=form.zeros(shared.w)), d_views)
     # Inside `shard_map` the body's results vary over the axes its inputs vary
     # over (a replicated `w` meets sharded tokens); the loop carry must too.
     init = vary_like(init, (views, shared))
+    stored = form.stored(rows.x.dtype)
 
     def body(c, carry):
         total, d_shared, (dx, d_coefficients) = carry
         chunk_rows = take_chunk(views, c)
-        value, d_rows, d_chunk, du = _chunk_sum_and_grads(chunk_rows, shared)
-        dw = weight_gradient.add(d_shared.w, chunk_rows.x, du.astype(chunk_rows.x.dtype))
+        value, d_rows, d_chunk, du = _chunk_sum_and_grads(chunk_rows, shared, stored)
+        dw = form.add(d_shared.w, chunk_rows.x, du.astype(chunk_rows.x.dtype))
         d_shared = jax.tree.map(jnp.add, d_shared._replace(w=None), d_chunk)._replace(w=dw)
         d_views = (
             write_chunk(dx, d_rows.x, c),

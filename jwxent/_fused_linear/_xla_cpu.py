@@ -1,4 +1,4 @@
-"""XLA:CPU forms of the fused loss's weight-gradient update (see `_sweep.WeightGradient`).
+"""XLA:CPU forms of the fused loss's weight-gradient update (see `_sweep.ChunkForm`).
 
 The generic form (`_sweep.py`) adds each chunk's `xᵀ @ dz` to a gradient in
 `w`'s dtype with one product, which GPU and TPU compilers fuse into the matmul.

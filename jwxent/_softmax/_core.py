@@ -52,13 +52,12 @@ from jwxent._softmax._passes import (
     Label,
     label_logit,
     label_tangent,
+    lse_and_dots,
     prob_dot,
     probabilities,
     separate,
-    shift_and_log_sum,
     shifted,
     take_class,
-    target_dot,
     target_values,
 )
 from jwxent._typing import Array
@@ -125,27 +124,21 @@ def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
             logit = logit + take_class(offsets.astype(dtype), labels)
         margin = None if margins is None else take_class(margins.astype(dtype), labels)
         label = Label(labels, logit, margin)
-    shift, log_sum = by_platform(
+    shift, log_sum, plain_dots = by_platform(
         z,
         class_mask,
         offsets,
         label,
-        cpu=_xla_cpu.shift_and_log_sum,
-        default=shift_and_log_sum,
+        tuple(tuple(t) for t in targets.values()),
+        cpu=_xla_cpu.lse_and_dots,
+        default=lse_and_dots,
     )
     if label is None:  # laid out (and varying over mesh axes) like the row statistics
         picked = jnp.zeros_like(shift)
     else:
         picked = label.logit if label.margin is None else label.logit - label.margin
-    # Each later pass reads the logits under its own name (XLA:CPU).
-    z_dots, (_, offsets_dots, shift_dots) = by_platform(
-        z, (log_sum, offsets, shift), cpu=_xla_cpu.separate, default=separate
-    )
     dots = {}
-    for name, t in targets.items():
-        dot = by_platform(
-            z_dots, offsets_dots, shift_dots, *t, cpu=_xla_cpu.target_dot, default=target_dot
-        )
+    for (name, t), dot in zip(targets.items(), plain_dots, strict=True):
         if label is not None and label.margin is not None:
             dot = dot - _target_at_label(t, label.labels, dtype) * label.margin
         dots[name] = dot

@@ -166,10 +166,135 @@ def shift_and_log_sum(
     it inside the sum: the margined normaliser is summed directly, never
     corrected from the plain one (which would cancel when the label's
     probability rounds to 1).
+
+    One pass over the logits: the max and the sum of exponentials are reduced
+    together (`max_and_sum_of_exp`), where a max pass and a sum pass would
+    read every logit twice.
     """
     zt = margined(masked(adjusted(z, offsets, compute_dtype(z.dtype)), class_mask), label)
-    shift = finite_or_zero_shift(jnp.max(zt, axis=-1))
-    return shift, jnp.log(jnp.sum(jnp.exp(zt - shift[..., None]), axis=-1))
+    return _finished(*max_and_sum_of_exp(zt))
+
+
+ONE_PASS_DOTS_CLASSES = 4096
+"""The longest rows whose target dots are reduced with the log-sum-exp (`lse_and_dots`)."""
+
+
+def lse_and_dots(
+    z: Array,
+    class_mask: Array | None,
+    offsets: Array | None,
+    label: Label | None,
+    targets: tuple[tuple[Array | None, Array | None], ...],
+) -> tuple[Array, Array, tuple[Array, ...]]:
+    """`shift_and_log_sum` and the `target_dot` of each `(rows, classes)` target.
+
+    Rows of at most `ONE_PASS_DOTS_CLASSES` classes, without a class mask or
+    a label margin, in one pass over the logits: each dot is reduced together
+    with the log-sum-exp (`max_sum_and_dots`), so the logits (and a `[..., C]`
+    target) are read once, as XLA:GPU reads them for optax's fused softmax.
+    Otherwise the dots are a second pass, taken with the row max as their
+    shift: XLA:GPU reduces a longer row in two stages and would keep 512
+    bytes of partial sums per row for each of the `2 + 2·len(targets)`
+    outputs, where optax does not read such rows once either.
+    """
+    one_pass = z.shape[-1] <= ONE_PASS_DOTS_CLASSES and class_mask is None
+    if one_pass and (label is None or label.margin is None) and targets:
+        zt = adjusted(z, offsets, compute_dtype(z.dtype))
+        values = tuple(target_values(*t, zt.ndim, zt.dtype) for t in targets)
+        row_max, total, dots = max_sum_and_dots(zt, values)
+        return *_finished(row_max, total), dots
+    shift, log_sum = shift_and_log_sum(z, class_mask, offsets, label)
+    return shift, log_sum, tuple(target_dot(z, offsets, shift, *t) for t in targets)
+
+
+def _finished(row_max: Array, total: Array) -> tuple[Array, Array]:
+    """`(shift, log_sum)` from a row's max and its sum of `exp(z − max)`."""
+    # A row with no finite max sums to 0, a count or NaN: its log-sum-exp is the max.
+    log_sum = jnp.where(jnp.isfinite(row_max), jnp.log(total), row_max)
+    return finite_or_zero_shift(row_max), log_sum
+
+
+def max_sum_and_dots(
+    z: Array, targets: tuple[Array, ...]
+) -> tuple[Array, Array, tuple[Array, ...]]:
+    """`max_and_sum_of_exp(z)` and `Σ_k t_k (z_k − m)` for each target `t`, in one reduction.
+
+    A partial row carries `(m, s, d_i, T_i)`: its max, its `Σ exp(z − m)`,
+    each target's `Σ t (z − m)` and `Σ t`. Merged into a larger max `m`, a
+    partial's dot gains `T_i·(m_i − m)` (0 where `T_i = 0`, so that
+    `0·(−inf) = 0`). A target on a row's largest logit stays exact: that
+    partial's dot is 0 and its max is the row's.
+    """
+    ones, zeros = _ones_like(z), _zeros_like(z)
+    k = len(targets)
+    # Every operand computed from `z`, with a tangent (see `_zeros_like`).
+    targets = tuple(jnp.broadcast_to(t, z.shape) + zeros for t in targets)
+    operands = (z, ones, *(zeros,) * k, *targets)
+    init = (jnp.array(-jnp.inf, z.dtype), *(jnp.array(0, z.dtype),) * (1 + 2 * k))
+    row_max, total, *rest = lax.reduce(operands, init, _merge_partial_dots, (z.ndim - 1,))
+    return row_max, total, tuple(rest[:k])
+
+
+def _merge_partial_dots(a: tuple[Array, ...], b: tuple[Array, ...]) -> tuple[Array, ...]:
+    """Two `(m, s, d…, T…)` partials as one (`max_sum_and_dots`)."""
+    k = (len(a) - 2) // 2
+    row_max, total = _merge_partial_sums(a[:2], b[:2])
+
+    def moved(d: Array, target_sum: Array, m: Array) -> Array:
+        gap = target_sum * (m - row_max)
+        return d + jnp.where(target_sum == 0, jnp.zeros_like(gap), gap)
+
+    dots = tuple(
+        moved(a[2 + i], a[2 + k + i], a[0]) + moved(b[2 + i], b[2 + k + i], b[0])
+        for i in range(k)
+    )
+    sums = tuple(a[2 + k + i] + b[2 + k + i] for i in range(k))
+    return row_max, total, *dots, *sums
+
+
+def max_and_sum_of_exp(z: Array) -> tuple[Array, Array]:
+    """`(m, Σ_k exp(z_k − m))` with `m = max_k z_k` per row, in one reduction.
+
+    A variadic reduction over `(z_k, 1)` pairs merges partial rows with the
+    online log-sum-exp rule: `(m₁, s₁) ∘ (m₂, s₂) = (m, s₁·e^{m₁−m} + s₂·e^{m₂−m})`.
+    The rule is associative, so XLA may reduce in any order and tree (and a
+    partitioner reduces each device's columns, then merges `[rows, devices]`
+    partials). The sum is only meaningful where `m` is finite.
+    """
+    init = (jnp.array(-jnp.inf, z.dtype), jnp.array(0, z.dtype))
+    return lax.reduce((z, _ones_like(z)), init, _merge_partial_sums, (z.ndim - 1,))
+
+
+def _zeros_like(z: Array) -> Array:
+    """Zeros computed from `z` (NaN at NaN, whose row max is NaN anyway), with a tangent.
+
+    Computed, not constant: a constant array would be hoisted out of a loop
+    over chunks and written out as a `[rows, C]` buffer. The tangent is a
+    real zero, not JAX's symbolic one: a second derivative of the fused loss
+    differentiates this forward pass, and JAX's derivative of a custom
+    reduction fails on a symbolic-zero operand.
+    """
+    return 0 * jnp.clip(z, -1, 1)
+
+
+def _ones_like(z: Array) -> Array:
+    """Ones computed from `z`, with a tangent (see `_zeros_like`)."""
+    return (z == z).astype(z.dtype) + _zeros_like(z)
+
+
+def _merge_partial_sums(a: tuple[Array, Array], b: tuple[Array, Array]) -> tuple[Array, Array]:
+    """Two `(max, Σ exp(· − max))` partials as one, with a single `exp`.
+
+    The smaller side is scaled by `e^{gap}`, `gap = min − max ≤ 0`; equal
+    infinite maxima (`gap` NaN) scale by 1, and the caller ignores the sum of
+    a row whose max is not finite.
+    """
+    (m1, s1), (m2, s2) = a, b
+    gap = jnp.minimum(m1, m2) - jnp.maximum(m1, m2)
+    scale = jnp.exp(jnp.where(gap == gap, gap, jnp.zeros_like(gap)))
+    first_larger = m1 >= m2
+    total = jnp.where(first_larger, s1 + s2 * scale, s2 + s1 * scale)
+    return jnp.maximum(m1, m2), total
 
 
 def margined(zt: Array, label: Label | None) -> Array:

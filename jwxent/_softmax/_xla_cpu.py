@@ -130,6 +130,21 @@ def shift_and_log_sum(
     )
 
 
+def lse_and_dots(
+    z: Array,
+    class_mask: Array | None,
+    offsets: Array | None,
+    label: _passes.Label | None,
+    targets: tuple[tuple[Array | None, Array | None], ...],
+) -> tuple[Array, Array, tuple[Array, ...]]:
+    """`_passes.lse_and_dots` as separate passes: the log-sum-exp, then each dot
+    reading the logits under its own name (`separate`)."""
+    shift, log_sum = shift_and_log_sum(z, class_mask, offsets, label)
+    z_dots, (_, offsets_dots, shift_dots) = separate(z, (log_sum, offsets, shift))
+    dots = tuple(target_dot(z_dots, offsets_dots, shift_dots, *t) for t in targets)
+    return shift, log_sum, dots
+
+
 def label_logit(z: Array, labels: Array) -> Array:
     """`_passes.label_logit`, gathered as raw bits in the logits' dtype.
 
