@@ -911,9 +911,17 @@ def test_one_hot_probability_labels_are_as_precise_as_integer_labels(name, integ
 # ---------------------------------------------------------------------------
 
 
+# The backward pass of the focal sums reads the logits under its own name, so that
+# XLA recomputes `t·h'` there instead of keeping the forward pass's as a
+# `[batch, classes]` buffer (`_softmax/_focal.py`): its one barrier is on purpose.
+BACKWARD_APART = {"softmax_focal_loss", "softmax_focal_loss_with_integer_labels"}
+
+
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 @loss_ids
 def test_accelerator_programs_have_no_conditional_or_barrier(loss, platform):
+    """No XLA:CPU workaround reaches a GPU or TPU program: no barrier (but the focal
+    sums' own) and no `case` or `if` that chooses at run time."""
     values = _float32(call_values(loss, "everything", registry.arrays(loss.name)))
     names = differentiable(values)
     f = jax.value_and_grad(lambda fl: call(loss, {**values, **fl}, reduction=_reduction(loss)))
@@ -923,7 +931,8 @@ def test_accelerator_programs_have_no_conditional_or_barrier(loss, platform):
         .lower(lowering_platforms=(platform,))
         .as_text()
     )
-    assert "optimization_barrier" not in text
+    barriers = text.count("stablehlo.optimization_barrier")
+    assert barriers == 0 or (loss.name in BACKWARD_APART and barriers == 1), barriers
     assert "stablehlo.if" not in text
     assert not _runtime_cases(text)
 

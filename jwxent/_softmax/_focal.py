@@ -25,7 +25,10 @@ $\\sum_k t_k\\,h(\\log p_k)$ with $h(\\lambda) = -(1 - e^{\\lambda})^{\\gamma}\\
 
   $\\lambda / (1 - p)$ tends to $-1$ as $p \\to 1$ and takes that limit where
   $1 - p$ rounds to 0. The tangent map runs under `jax.checkpoint`, so reverse
-  mode recomputes $p$ in the backward pass instead of storing it.
+  mode recomputes $p$ in the backward pass instead of storing it. The
+  coefficient of $d\\,\\mathrm{lse}$, $\\sum_k a_k$ per row, is summed in the
+  forward pass and handed to the tangent map as an input (`slopes`), so the
+  backward pass is one elementwise pass with no row reduction.
 
 `gamma` may be a Python number (an integer takes `integer_pow`) or a traced
 array (then it has a derivative too).
@@ -34,9 +37,10 @@ array (then it has a derivative too).
 from typing import NamedTuple
 
 import jax.numpy as jnp
+from jax import lax
 
 from jwxent import _reduction
-from jwxent._derivatives import with_tangent_map
+from jwxent._derivatives import recomputed, with_tangent_map
 from jwxent._numerics import (
     expand_rank,
     focal_power,
@@ -114,6 +118,7 @@ class _FocalSumInputs(NamedTuple):
     log_sum: Array
     gamma: Array | None
     targets: tuple[Target, ...]
+    slopes: tuple[Array, ...]
 
 
 def _log_probs(inputs: _FocalSumInputs) -> tuple[Array, Array]:
@@ -153,7 +158,11 @@ def _focal_tangents(
 ) -> tuple[Array | None, ...]:
     """The tangents of `_focal_sums`, linear in `d_inputs` (None: no tangent)."""
     del sums
-    dz, _, _, d_offsets, d_margins, d_shift, d_log_sum, d_gamma, d_targets = d_inputs
+    # The logits under their own name: XLA would otherwise merge (CSE) this `t·h'`
+    # with the forward pass's (`_slopes_of`) and keep it as a `[batch, classes]`
+    # buffer from one pass to the other.
+    inputs = inputs._replace(logits=lax.optimization_barrier(inputs.logits))
+    dz, _, _, d_offsets, d_margins, d_shift, d_log_sum, d_gamma, d_targets, _ = d_inputs
     log_p, live = _log_probs(inputs)
     dtype = log_p.dtype
     h, dh, dh_dgamma = _focal_terms(log_p, joined(static_gamma, inputs.gamma), live)
@@ -165,7 +174,7 @@ def _focal_tangents(
     )
     d_lse = sum_present(d_shift, d_log_sum)
     d_sums = []
-    for t, dt in zip(inputs.targets, d_targets, strict=True):
+    for t, dt, slope in zip(inputs.targets, d_targets, inputs.slopes, strict=True):
         values = target_values(*t, log_p.ndim, dtype)
         a = values * dh
         d_values = sum_present(
@@ -174,7 +183,7 @@ def _focal_tangents(
         )
         terms = [
             None if dzt is None else jnp.sum(a * dzt, axis=-1),
-            None if d_lse is None else -jnp.sum(a, axis=-1) * d_lse,
+            None if d_lse is None else -slope * d_lse,
             None if d_values is None else jnp.sum(d_values * h, axis=-1),
             None if d_gamma is None else jnp.sum(values * dh_dgamma, axis=-1) * d_gamma,
         ]
@@ -204,8 +213,33 @@ def focal_sums(
         stats.log_sum,
         gamma_array,
         tuple(targets),
+        (),
     )
+    inputs = inputs._replace(slopes=_slopes(static_gamma, inputs))
     return _focal_sums(static_gamma, inputs)
+
+
+def _slopes_of(static_gamma: float | None, inputs: _FocalSumInputs) -> tuple[Array, ...]:
+    """Per-row `Σ_k t_k·h'(log p_k)` for each target: the coefficient of `d lse`.
+
+    The tangent map needs it before its elementwise part. Computed here, in
+    the forward pass next to the focal sums (one pass over the logits for
+    both), it spares the backward pass a row reduction, after which XLA:GPU
+    would keep `t·h'` as a `[batch, classes]` float32 buffer for the
+    elementwise pass. The loss does not depend on it, so its own tangent is
+    never used by the first derivative; the second differentiates it as
+    plain JAX.
+    """
+    log_p, live = _log_probs(inputs)
+    _, dh, _ = _focal_terms(log_p, joined(static_gamma, inputs.gamma), live)
+    dtype = log_p.dtype
+    return tuple(
+        jnp.sum(target_values(*t, log_p.ndim, dtype) * dh, axis=-1) for t in inputs.targets
+    )
+
+
+# Recomputed in reverse mode: its residuals would be `[batch, classes]` arrays.
+_slopes = recomputed(_slopes_of, static_argnums=(0,))
 
 
 # ---------------------------------------------------------------------------
