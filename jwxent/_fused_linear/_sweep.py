@@ -17,10 +17,12 @@ recomputing the logits in a backward pass costs four. The tangent is then
 `⟨G_x, dx⟩ + ⟨G_w, dw⟩ + …`, which reverse mode transposes into a scaling of the
 stored gradients, and forward mode evaluates as it is.
 
-The chunk plan and the weight-gradient update depend on the platform
-(`_platform.by_platform`): on GPUs and TPUs 16 chunks and a gradient
-accumulated in `w`'s dtype inside the matmul (`GENERIC`); on XLA:CPU chunks
-sized for its caches and a float32 accumulator (`XLA_CPU`, `_xla_cpu.py`).
+The chunk plan, the stored logits' dtype and the weight-gradient update
+depend on the platform (`_platform.by_platform`): on GPUs and TPUs a few
+large chunks (8 on GPUs, 16 to 24 on TPUs, `_chunks.accelerator_plan`),
+logits stored in the inputs' dtype and a gradient accumulated in `w`'s dtype
+inside the matmul (`GENERIC`); on XLA:CPU chunks sized for its caches,
+float32 logits and a float32 accumulator (`XLA_CPU`, `_xla_cpu.py`).
 docs/performance.md has the traffic model behind the choice.
 
 `reduction="none"` returns one loss per token, so no single gradient can be
