@@ -824,6 +824,27 @@ def test_min_frequency_sets_the_floor_inside_scan():
     assert_close(weights[-1, 2], expected[-1].sum() / (3 * min_frequency), np.float32, terms=10)
 
 
+def test_min_frequency_at_its_bound_floors_at_the_uniform_frequency():
+    """`min_frequency = 1/C` is accepted (the bound is inclusive) and floors every seen
+    class at the uniform frequency; a hair above it is refused."""
+    num_classes, decay = 4, 0.5
+    bound = 1.0 / num_classes
+    labels = np.array([[0, 1, 2, 0], [0, 0, 0, 0], [0, 0, 0, 0]], np.int32)
+    state = jwxent.class_balance_init(num_classes)
+    for row in labels:
+        state = jwxent.class_balance_update(state, row, decay=decay, min_frequency=bound)
+    counts = np.stack([np.bincount(row, minlength=num_classes) for row in labels])
+    expected, _ = floored_ema(counts, decay, bound)
+    assert_close(jwxent.class_balance_frequencies(state), expected[-1], np.float32, terms=10)
+    np.testing.assert_allclose(
+        np.asarray(state.ema[1:3]), bound * float(state.bias_correction), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="`min_frequency` must be in"):
+        jwxent.class_balance_update(
+            state, labels[0], min_frequency=float(np.nextafter(bound, 1.0))
+        )
+
+
 # ---------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------
