@@ -195,12 +195,8 @@ def _with_traced_hyperparameters(loss, values):
     return {**values, **{k: np.asarray(v) for k, v in hyper.items()}}
 
 
-@functools.cache
 def _derivatives_and_twin(loss_name):
-    """(ours, the twin's): gradient, Hessian twice, jacfwd and linearize, float64.
-
-    Cached: the fused loss's expected failure below reuses its numbers.
-    """
+    """(ours, the twin's): gradient, Hessian twice, jacfwd and linearize, float64."""
     loss = BY_NAME[loss_name]
     with jax.enable_x64(True):
         values = call_values(loss, "everything", registry.arrays(loss.name, batch=(3,), classes=4))
@@ -239,44 +235,17 @@ def test_every_first_and_second_derivative_matches_plain_jax(loss):
     a hyperparameter) reach rules that the logits' Hessian does not. Then the
     other forward-mode entry points on the main input."""
     actual, expected = _derivatives_and_twin(loss.name)
-    _assert_derivatives_close(loss, actual, expected, known_wrong=False)
+    _assert_derivatives_close(actual, expected)
 
 
-# The fused loss's custom JVP forms the gradients of these inputs in its sweep,
-# as constants: forward mode over them (a Hessian's mixed block with `x`, `w`,
-# `bias` or the cap) gives wrong numbers. A bug of `jwxent/_fused_linear`,
-# tracked by `test_fused_mixed_second_derivatives` (an expected failure).
-FUSED_CONSTANT_GRADIENTS = {"weights", "class_weights", "label_margins", "label_smoothing"}
-
-
-def _known_wrong(loss, where) -> bool:
-    """Whether a Hessian block `[outer][inner]` is one of the fused loss's wrong ones."""
-    keys = [getattr(k, "key", None) for k in where]
-    return (
-        loss.name == "linear_softmax_cross_entropy"
-        and len(keys) == 2
-        and keys[0] in FUSED_CONSTANT_GRADIENTS
-        and keys[1] not in FUSED_CONSTANT_GRADIENTS
-    )
-
-
-def _assert_derivatives_close(loss, actual, expected, *, known_wrong):
-    """Every leaf close; `known_wrong` selects the fused loss's wrong blocks, or skips them."""
+def _assert_derivatives_close(actual, expected):
+    """Every leaf of every derivative close to the twin's."""
     labels = ("gradient", "hessian", "jacrev of grad", "jacfwd", "linearize")
     for label, a, e in zip(labels, actual, expected, strict=True):
         flat_a, flat_e = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(e)
         for (where, value), want in zip(flat_a, flat_e, strict=True):
-            if _known_wrong(loss, where) == known_wrong:
-                message = f"{label} {jax.tree_util.keystr(where)}"
-                assert_close(value, want, jnp.float64, 64, err_msg=message)
-
-
-@pytest.mark.xdist_group("linear_softmax_cross_entropy")
-@pytest.mark.xfail(reason="the fused loss's forward mode over its formed gradients", strict=False)
-def test_fused_mixed_second_derivatives():
-    loss = BY_NAME["linear_softmax_cross_entropy"]
-    actual, expected = _derivatives_and_twin(loss.name)
-    _assert_derivatives_close(loss, actual, expected, known_wrong=True)
+            message = f"{label} {jax.tree_util.keystr(where)}"
+            assert_close(value, want, jnp.float64, 64, err_msg=message)
 
 
 # ---------------------------------------------------------------------------

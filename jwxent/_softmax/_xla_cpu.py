@@ -150,8 +150,11 @@ def label_logit(z: Array, labels: Array) -> Array:
 
     Gathering the bits keeps XLA from moving a later float32 convert in front
     of the gather, which would make the convert of all the logits shared.
+    Logits already in the compute dtype have no convert to share, and are
+    gathered as floats: a second derivative of the fused loss differentiates
+    this forward pass, where the bits would carry no derivative.
     """
-    if _passes.class_axis_is_sharded(z):
+    if _passes.class_axis_is_sharded(z) or z.dtype == compute_dtype(z.dtype):
         return _passes.label_logit(z, labels)
     bits = lax.bitcast_convert_type(z, jnp.dtype(f"uint{8 * z.dtype.itemsize}"))
     return lax.bitcast_convert_type(_passes.label_logit(bits, labels), z.dtype)
