@@ -27,8 +27,9 @@ $\\sum_k t_k\\,h(\\log p_k)$ with $h(\\lambda) = -(1 - e^{\\lambda})^{\\gamma}\\
   $1 - p$ rounds to 0. The tangent map runs under `jax.checkpoint`, so reverse
   mode recomputes $p$ in the backward pass instead of storing it. The
   coefficient of $d\\,\\mathrm{lse}$, $\\sum_k a_k$ per row, is summed in the
-  forward pass and handed to the tangent map as an input (`slopes`), so the
-  backward pass is one elementwise pass with no row reduction.
+  forward pass with the focal sums and handed to the tangent map as an input
+  (`slopes`), so the backward pass is one elementwise pass with no row
+  reduction.
 
 `gamma` may be a Python number (an integer takes `integer_pow`) or a traced
 array (then it has a derivative too).
@@ -118,6 +119,7 @@ class _FocalSumInputs(NamedTuple):
     log_sum: Array
     gamma: Array | None
     targets: tuple[Target, ...]
+    sums: tuple[Array, ...]
     slopes: tuple[Array, ...]
 
 
@@ -143,11 +145,9 @@ def _at_label(
 
 
 def _focal_sums_of(static_gamma: float | None, inputs: _FocalSumInputs) -> tuple[Array, ...]:
-    """Per-row `Σ_k t_k·h(log p_k)` for each target, `log p = z̃ − shift − log_sum`."""
-    log_p, live = _log_probs(inputs)
-    h, _, _ = _focal_terms(log_p, joined(static_gamma, inputs.gamma), live)
-    dtype = log_p.dtype
-    return tuple(jnp.sum(target_values(*t, log_p.ndim, dtype) * h, axis=-1) for t in inputs.targets)
+    """The focal sums, given: `focal_sums` computes them with their slopes."""
+    del static_gamma
+    return inputs.sums
 
 
 def _focal_tangents(
@@ -159,10 +159,10 @@ def _focal_tangents(
     """The tangents of `_focal_sums`, linear in `d_inputs` (None: no tangent)."""
     del sums
     # The logits under their own name: XLA would otherwise merge (CSE) this `t·h'`
-    # with the forward pass's (`_slopes_of`) and keep it as a `[batch, classes]`
+    # with the forward pass's (`_sums_and_slopes_of`) and keep it as a `[batch, classes]`
     # buffer from one pass to the other.
     inputs = inputs._replace(logits=lax.optimization_barrier(inputs.logits))
-    dz, _, _, d_offsets, d_margins, d_shift, d_log_sum, d_gamma, d_targets, _ = d_inputs
+    dz, _, _, d_offsets, d_margins, d_shift, d_log_sum, d_gamma, d_targets, _, _ = d_inputs
     log_p, live = _log_probs(inputs)
     dtype = log_p.dtype
     h, dh, dh_dgamma = _focal_terms(log_p, joined(static_gamma, inputs.gamma), live)
@@ -214,32 +214,36 @@ def focal_sums(
         gamma_array,
         tuple(targets),
         (),
+        (),
     )
-    inputs = inputs._replace(slopes=_slopes(static_gamma, inputs))
-    return _focal_sums(static_gamma, inputs)
+    sums, slopes = _sums_and_slopes(static_gamma, inputs)
+    return _focal_sums(static_gamma, inputs._replace(sums=sums, slopes=slopes))
 
 
-def _slopes_of(static_gamma: float | None, inputs: _FocalSumInputs) -> tuple[Array, ...]:
-    """Per-row `Σ_k t_k·h'(log p_k)` for each target: the coefficient of `d lse`.
+def _sums_and_slopes_of(
+    static_gamma: float | None, inputs: _FocalSumInputs
+) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+    """Per row and target, `Σ_k t_k·h(log p_k)` and `Σ_k t_k·h'(log p_k)`, in one pass.
 
-    The tangent map needs it before its elementwise part. Computed here, in
-    the forward pass next to the focal sums (one pass over the logits for
-    both), it spares the backward pass a row reduction, after which XLA:GPU
-    would keep `t·h'` as a `[batch, classes]` float32 buffer for the
-    elementwise pass. The loss does not depend on it, so its own tangent is
-    never used by the first derivative; the second differentiates it as
-    plain JAX.
+    `log p = z̃ − shift − log_sum`. The second, the coefficient of `d lse`,
+    is what the tangent map needs before its elementwise part: summed here
+    with the focal sums (one pass over the logits for both), it spares the
+    backward pass a row reduction, after which XLA:GPU would keep `t·h'` as
+    a `[batch, classes]` float32 buffer for the elementwise pass. Both enter
+    the custom JVP `_focal_sums` as inputs whose tangents it ignores: the
+    sums are its value, the slopes a coefficient of its tangent map, which a
+    second derivative differentiates as plain JAX.
     """
     log_p, live = _log_probs(inputs)
-    _, dh, _ = _focal_terms(log_p, joined(static_gamma, inputs.gamma), live)
+    h, dh, _ = _focal_terms(log_p, joined(static_gamma, inputs.gamma), live)
     dtype = log_p.dtype
-    return tuple(
-        jnp.sum(target_values(*t, log_p.ndim, dtype) * dh, axis=-1) for t in inputs.targets
-    )
+    values = [target_values(*t, log_p.ndim, dtype) for t in inputs.targets]
+    sums = tuple(jnp.sum(t * h, axis=-1) for t in values)
+    return sums, tuple(jnp.sum(t * dh, axis=-1) for t in values)
 
 
 # Recomputed in reverse mode: its residuals would be `[batch, classes]` arrays.
-_slopes = recomputed(_slopes_of, static_argnums=(0,))
+_sums_and_slopes = recomputed(_sums_and_slopes_of, static_argnums=(0,))
 
 
 # ---------------------------------------------------------------------------
