@@ -581,9 +581,10 @@ HALF_RUNS = [
 def test_half_precision_inputs_are_computed_in_float32(loss, dtype, path):
     """Half-precision data: the loss within float32 rounding of the reference on the
     rounded inputs (and, for the fused loss's GPU/TPU plan, the rounded logits),
-    the gradient in the input dtype within two of its ulps of max |g|. A pass that computed probabilities, the log-sum-exp (of the
-    logit-adjusted logits) or the label's term in half precision fails both,
-    on the CPU path and on the generic one.
+    the gradient in the input dtype within two of its ulps of max |g|. A pass
+    that computed probabilities, the log-sum-exp (of the logit-adjusted logits)
+    or the label's term in half precision fails both, on the CPU path and on the
+    generic one.
     """
     values = _float32(call_values(loss, "everything", registry.arrays(loss.name, seed=3)))
     main = _main_float(loss)

@@ -53,7 +53,6 @@ from jwxent._softmax._passes import (
     label_logit,
     label_tangent,
     lse_and_dots,
-    prob_dot,
     probabilities,
     separate,
     shifted,
@@ -124,14 +123,14 @@ def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
             logit = logit + take_class(offsets.astype(dtype), labels)
         margin = None if margins is None else take_class(margins.astype(dtype), labels)
         label = Label(labels, logit, margin)
-    shift, log_sum, plain_dots = by_platform(
+    shift, log_sum, plain_dots, plain_prob_dots = by_platform(
         z,
         class_mask,
         offsets,
         label,
         tuple(tuple(t) for t in targets.values()),
-        cpu=_xla_cpu.lse_and_dots,
-        default=lse_and_dots,
+        cpu=functools.partial(_xla_cpu.lse_and_dots, with_prob_dots=with_prob_dots),
+        default=functools.partial(lse_and_dots, with_prob_dots=with_prob_dots),
     )
     if label is None:  # laid out (and varying over mesh axes) like the row statistics
         picked = jnp.zeros_like(shift)
@@ -142,16 +141,7 @@ def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
         if label is not None and label.margin is not None:
             dot = dot - _target_at_label(t, label.labels, dtype) * label.margin
         dots[name] = dot
-    prob_dots = {}
-    if with_prob_dots:
-        z_probs, (shift_p, log_sum_p, offsets_p) = by_platform(
-            z, (shift, log_sum, offsets), cpu=_xla_cpu.separate, default=separate
-        )
-        softmax = (z_probs, class_mask, offsets_p, shift_p, log_sum_p)
-        prob_dots = {
-            name: by_platform(*softmax, *t, cpu=_xla_cpu.prob_dot, default=prob_dot)
-            for name, t in targets.items()
-        }
+    prob_dots = dict(zip(targets, plain_prob_dots, strict=True)) if with_prob_dots else {}
     return RowStats(shift, log_sum, picked, dots, prob_dots)
 
 

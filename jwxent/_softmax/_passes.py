@@ -5,6 +5,7 @@ Each pass reads the logits in their own dtype and converts inside its fusion.
 `_core.py` chooses between the two with `_platform.by_platform`.
 """
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -185,26 +186,33 @@ def lse_and_dots(
     offsets: Array | None,
     label: Label | None,
     targets: tuple[tuple[Array | None, Array | None], ...],
-) -> tuple[Array, Array, tuple[Array, ...]]:
-    """`shift_and_log_sum` and the `target_dot` of each `(rows, classes)` target.
+    with_prob_dots: bool,
+) -> tuple[Array, Array, tuple[Array, ...], tuple[Array, ...]]:
+    """`shift_and_log_sum`, the `target_dot` of each `(rows, classes)` target and,
+    `with_prob_dots`, each one's `prob_dot` (else an empty tuple).
 
     Rows of at most `ONE_PASS_DOTS_CLASSES` classes, without a class mask or
     a label margin, in one pass over the logits: each dot is reduced together
     with the log-sum-exp (`max_sum_and_dots`), so the logits (and a `[..., C]`
     target) are read once, as XLA:GPU reads them for optax's fused softmax.
     Otherwise the dots are a second pass, taken with the row max as their
-    shift: XLA:GPU reduces a longer row in two stages and would keep 512
-    bytes of partial sums per row for each of the `2 + 2·len(targets)`
-    outputs, where optax does not read such rows once either.
+    shift (and the `prob_dot`s a third): XLA:GPU reduces a longer row in two
+    stages and would keep 512 bytes of partial sums per row for each of the
+    reduction's outputs, where optax does not read such rows once either.
     """
     one_pass = z.shape[-1] <= ONE_PASS_DOTS_CLASSES and class_mask is None
     if one_pass and (label is None or label.margin is None) and targets:
         zt = adjusted(z, offsets, compute_dtype(z.dtype))
         values = tuple(target_values(*t, zt.ndim, zt.dtype) for t in targets)
-        row_max, total, dots = max_sum_and_dots(zt, values)
-        return *_finished(row_max, total), dots
+        row_max, total, dots, exp_dots = max_sum_and_dots(zt, values, with_prob_dots)
+        shift, log_sum = _finished(row_max, total)
+        return shift, log_sum, dots, tuple(q / total for q in exp_dots)
     shift, log_sum = shift_and_log_sum(z, class_mask, offsets, label)
-    return shift, log_sum, tuple(target_dot(z, offsets, shift, *t) for t in targets)
+    dots = tuple(target_dot(z, offsets, shift, *t) for t in targets)
+    if not with_prob_dots:
+        return shift, log_sum, dots, ()
+    softmax = (z, class_mask, offsets, shift, log_sum)
+    return shift, log_sum, dots, tuple(prob_dot(*softmax, *t) for t in targets)
 
 
 def _finished(row_max: Array, total: Array) -> tuple[Array, Array]:
@@ -215,41 +223,61 @@ def _finished(row_max: Array, total: Array) -> tuple[Array, Array]:
 
 
 def max_sum_and_dots(
-    z: Array, targets: tuple[Array, ...]
-) -> tuple[Array, Array, tuple[Array, ...]]:
-    """`max_and_sum_of_exp(z)` and `Σ_k t_k (z_k − m)` for each target `t`, in one reduction.
+    z: Array, targets: tuple[Array, ...], with_exp_dots: bool = False
+) -> tuple[Array, Array, tuple[Array, ...], tuple[Array, ...]]:
+    """`max_and_sum_of_exp(z)`, `Σ_k t_k (z_k − m)` for each target `t` and,
+    `with_exp_dots`, `Σ_k t_k exp(z_k − m)` (else an empty tuple), in one reduction.
 
-    A partial row carries `(m, s, d_i, T_i)`: its max, its `Σ exp(z − m)`,
-    each target's `Σ t (z − m)` and `Σ t`. Merged into a larger max `m`, a
+    A partial row carries `(m, s, q…, d…, T…)`: its max, its `Σ exp(z − m)`,
+    each target's `Σ t exp(z − m)`, `Σ t (z − m)` and `Σ t`. Merged into a
+    larger max `m`, the exponential sums scale by `e^{m_i − m}` and a
     partial's dot gains `T_i·(m_i − m)` (0 where `T_i = 0`, so that
     `0·(−inf) = 0`). A target on a row's largest logit stays exact: that
     partial's dot is 0 and its max is the row's.
     """
     ones, zeros = _ones_like(z), _zeros_like(z)
-    k = len(targets)
     # Every operand computed from `z`, with a tangent (see `_zeros_like`).
     targets = tuple(jnp.broadcast_to(t, z.shape) + zeros for t in targets)
-    operands = (z, ones, *(zeros,) * k, *targets)
-    init = (jnp.array(-jnp.inf, z.dtype), *(jnp.array(0, z.dtype),) * (1 + 2 * k))
-    row_max, total, *rest = lax.reduce(operands, init, _merge_partial_dots, (z.ndim - 1,))
-    return row_max, total, tuple(rest[:k])
+    k, j = len(targets), len(targets) if with_exp_dots else 0
+    operands = (z, ones, *targets[:j], *(zeros,) * k, *targets)
+    init = (jnp.array(-jnp.inf, z.dtype), *(jnp.array(0, z.dtype),) * (1 + j + 2 * k))
+    merge = functools.partial(_merge_partials, exp_sums=1 + j, dots=k)
+    row_max, total, *rest = lax.reduce(operands, init, merge, (z.ndim - 1,))
+    return row_max, total, tuple(rest[j : j + k]), tuple(rest[:j])
 
 
-def _merge_partial_dots(a: tuple[Array, ...], b: tuple[Array, ...]) -> tuple[Array, ...]:
-    """Two `(m, s, d…, T…)` partials as one (`max_sum_and_dots`)."""
-    k = (len(a) - 2) // 2
-    row_max, total = _merge_partial_sums(a[:2], b[:2])
+def _merge_partials(
+    a: tuple[Array, ...], b: tuple[Array, ...], *, exp_sums: int, dots: int
+) -> tuple[Array, ...]:
+    """Two `(m, exponential sums…, dots…, target sums…)` partials as one.
+
+    The exponential sums of the smaller max are scaled by `e^{gap}`, `gap =
+    min − max ≤ 0`, with a single `exp`; equal infinite maxima (`gap` NaN)
+    scale by 1, and the caller ignores the sums of a row whose max is not
+    finite. Each dot moves to the larger max (see `max_sum_and_dots`).
+    """
+    m1, m2 = a[0], b[0]
+    row_max = jnp.maximum(m1, m2)
+    gap = jnp.minimum(m1, m2) - row_max
+    scale = jnp.exp(jnp.where(gap == gap, gap, jnp.zeros_like(gap)))
+    first_larger = m1 >= m2
+    scaled = tuple(
+        jnp.where(first_larger, x1 + x2 * scale, x2 + x1 * scale)
+        for x1, x2 in zip(a[1 : 1 + exp_sums], b[1 : 1 + exp_sums], strict=True)
+    )
 
     def moved(d: Array, target_sum: Array, m: Array) -> Array:
-        gap = target_sum * (m - row_max)
-        return d + jnp.where(target_sum == 0, jnp.zeros_like(gap), gap)
+        shift = target_sum * (m - row_max)
+        return d + jnp.where(target_sum == 0, jnp.zeros_like(shift), shift)
 
-    dots = tuple(
-        moved(a[2 + i], a[2 + k + i], a[0]) + moved(b[2 + i], b[2 + k + i], b[0])
-        for i in range(k)
+    first = 1 + exp_sums
+    d1, d2 = a[first : first + dots], b[first : first + dots]
+    t1, t2 = a[first + dots :], b[first + dots :]
+    moved_dots = tuple(
+        moved(x1, s1, m1) + moved(x2, s2, m2) for x1, s1, x2, s2 in zip(d1, t1, d2, t2, strict=True)
     )
-    sums = tuple(a[2 + k + i] + b[2 + k + i] for i in range(k))
-    return row_max, total, *dots, *sums
+    target_sums = tuple(s1 + s2 for s1, s2 in zip(t1, t2, strict=True))
+    return row_max, *scaled, *moved_dots, *target_sums
 
 
 def max_and_sum_of_exp(z: Array) -> tuple[Array, Array]:
@@ -262,7 +290,8 @@ def max_and_sum_of_exp(z: Array) -> tuple[Array, Array]:
     partials). The sum is only meaningful where `m` is finite.
     """
     init = (jnp.array(-jnp.inf, z.dtype), jnp.array(0, z.dtype))
-    return lax.reduce((z, _ones_like(z)), init, _merge_partial_sums, (z.ndim - 1,))
+    merge = functools.partial(_merge_partials, exp_sums=1, dots=0)
+    return lax.reduce((z, _ones_like(z)), init, merge, (z.ndim - 1,))
 
 
 def _zeros_like(z: Array) -> Array:
@@ -280,21 +309,6 @@ def _zeros_like(z: Array) -> Array:
 def _ones_like(z: Array) -> Array:
     """Ones computed from `z`, with a tangent (see `_zeros_like`)."""
     return (z == z).astype(z.dtype) + _zeros_like(z)
-
-
-def _merge_partial_sums(a: tuple[Array, Array], b: tuple[Array, Array]) -> tuple[Array, Array]:
-    """Two `(max, Σ exp(· − max))` partials as one, with a single `exp`.
-
-    The smaller side is scaled by `e^{gap}`, `gap = min − max ≤ 0`; equal
-    infinite maxima (`gap` NaN) scale by 1, and the caller ignores the sum of
-    a row whose max is not finite.
-    """
-    (m1, s1), (m2, s2) = a, b
-    gap = jnp.minimum(m1, m2) - jnp.maximum(m1, m2)
-    scale = jnp.exp(jnp.where(gap == gap, gap, jnp.zeros_like(gap)))
-    first_larger = m1 >= m2
-    total = jnp.where(first_larger, s1 + s2 * scale, s2 + s1 * scale)
-    return jnp.maximum(m1, m2), total
 
 
 def margined(zt: Array, label: Label | None) -> Array:

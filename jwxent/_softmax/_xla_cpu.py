@@ -136,13 +136,19 @@ def lse_and_dots(
     offsets: Array | None,
     label: _passes.Label | None,
     targets: tuple[tuple[Array | None, Array | None], ...],
-) -> tuple[Array, Array, tuple[Array, ...]]:
-    """`_passes.lse_and_dots` as separate passes: the log-sum-exp, then each dot
-    reading the logits under its own name (`separate`)."""
+    with_prob_dots: bool,
+) -> tuple[Array, Array, tuple[Array, ...], tuple[Array, ...]]:
+    """`_passes.lse_and_dots` as separate passes: the log-sum-exp, then the dots
+    and the `prob_dot`s, each pass reading the logits under its own name
+    (`separate`)."""
     shift, log_sum = shift_and_log_sum(z, class_mask, offsets, label)
     z_dots, (_, offsets_dots, shift_dots) = separate(z, (log_sum, offsets, shift))
     dots = tuple(target_dot(z_dots, offsets_dots, shift_dots, *t) for t in targets)
-    return shift, log_sum, dots
+    if not with_prob_dots:
+        return shift, log_sum, dots, ()
+    z_probs, (shift_p, log_sum_p, offsets_p) = separate(z, (shift, log_sum, offsets))
+    softmax = (z_probs, class_mask, offsets_p, shift_p, log_sum_p)
+    return shift, log_sum, dots, tuple(prob_dot(*softmax, *t) for t in targets)
 
 
 def label_logit(z: Array, labels: Array) -> Array:
