@@ -100,7 +100,6 @@ ENTRY %main (x: f32[8,1024], u: f32[1,1024], i: s32[]) -> (f32[1,1024], f32[8,10
     assert hlo_traffic.count(hlo).bytes == 2 * (2 * ROW + 8)
 
 
-
 def test_gathers_read_what_they_take():
     # A fusion that takes one logit per row (the label's), and a top-level gather.
     hlo = """
@@ -121,6 +120,7 @@ ENTRY %main (z: f32[8,1024], y: s32[8,1]) -> (f32[8], f32[8,1]) {
 }"""  # noqa: E501
     # Each: 8 logits read, 8 indices read, 8 floats written.
     assert hlo_traffic.count(hlo).bytes == 2 * (3 * 8 * 4)
+
 
 MATMULS = """
 %gemm_computation (a: f32[64,128], b: f32[128,32]) -> f32[64,32] {

@@ -840,9 +840,7 @@ def test_min_frequency_at_its_bound_floors_at_the_uniform_frequency():
         np.asarray(state.ema[1:3]), bound * float(state.bias_correction), rtol=1e-6
     )
     with pytest.raises(ValueError, match="`min_frequency` must be in"):
-        jwxent.class_balance_update(
-            state, labels[0], min_frequency=float(np.nextafter(bound, 1.0))
-        )
+        jwxent.class_balance_update(state, labels[0], min_frequency=float(np.nextafter(bound, 1.0)))
 
 
 # ---------------------------------------------------------------------------
