@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._once import once_per_run
+
 ROOT = Path(__file__).resolve().parent.parent
 NUM_PROCESSES, DEVICES_PER_PROCESS = 2, 4
 TIMEOUT_S = 240.0
@@ -137,13 +139,17 @@ def _wait(workers: list[subprocess.Popen], out: Path, timeout: float) -> None:
     raise WorkerFailed(f"processes {running} still running after {timeout:.0f} s:\n{tails}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def results(tmp_path_factory) -> list[dict]:
-    """One launch for every case of this module."""
-    start = time.perf_counter()
-    runs = launch(tmp_path_factory.mktemp("multiprocess"))
-    print(f"multi-process launch: {time.perf_counter() - start:.1f} s")
-    return [run["cases"] for run in runs]
+    """One launch for every case of this module, shared by the pytest-xdist workers."""
+
+    def run() -> list[dict]:
+        start = time.perf_counter()
+        runs = launch(tmp_path_factory.mktemp("multiprocess"))
+        print(f"multi-process launch: {time.perf_counter() - start:.1f} s")
+        return [run["cases"] for run in runs]
+
+    return once_per_run(tmp_path_factory, "multiprocess", run, timeout=2 * TIMEOUT_S)
 
 
 def _relative(report: dict, group: str) -> dict[str, float]:

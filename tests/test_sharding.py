@@ -21,6 +21,7 @@ import pytest
 
 from tests import _registry as registry
 from tests import _sharding_worker as worker
+from tests._once import once_per_run
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = [
@@ -59,14 +60,17 @@ def _run_worker(tmp_path_factory, names: list[str]) -> dict:
     return json.loads(output.read_text())
 
 
-@pytest.fixture(scope="module")
+# Each half's subprocess runs once per test run, whichever workers ask for it.
+@pytest.fixture(scope="session")
 def first(tmp_path_factory) -> dict:
-    return _run_worker(tmp_path_factory, HALVES["first"])
+    run = lambda: _run_worker(tmp_path_factory, HALVES["first"])
+    return once_per_run(tmp_path_factory, "sharding-first", run, timeout=600)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def second(tmp_path_factory) -> dict:
-    return _run_worker(tmp_path_factory, HALVES["second"])
+    run = lambda: _run_worker(tmp_path_factory, HALVES["second"])
+    return once_per_run(tmp_path_factory, "sharding-second", run, timeout=600)
 
 
 def _cases(test):

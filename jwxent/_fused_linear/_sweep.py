@@ -38,7 +38,7 @@ vocabulary, each device computes its columns of the chunk's logits, and only
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -235,6 +235,11 @@ class Plans(NamedTuple):
     default: Plan
     tpu: Plan
 
+    def tpu_form(self, form: Callable[..., Any]) -> Callable[..., Any] | None:
+        """`form` for `by_platform`'s TPU branch, or None where the TPU plan is the
+        default one (few tokens): the default form is then traced once, not twice."""
+        return None if self.tpu == self.default else form
+
 
 def _views(rows: Rows, plan: Plan) -> Rows:
     """`[tokens, ...]` rows as `[chunk, num_chunks, ...]` views (padding tokens count 0)."""
@@ -259,7 +264,7 @@ def weighted_sum(plans: Plans, rows: Rows, shared: Shared) -> Array:
         shared,
         cpu=functools.partial(_sum, plans.cpu, XLA_CPU),
         default=functools.partial(_sum, plans.default, GENERIC),
-        tpu=functools.partial(_sum, plans.tpu, GENERIC),
+        tpu=plans.tpu_form(functools.partial(_sum, plans.tpu, GENERIC)),
     )
 
 
@@ -302,7 +307,7 @@ def _value_and_grads(plans: Plans, rows: Rows, shared: Shared):
         shared,
         cpu=functools.partial(_sweep, plans.cpu, XLA_CPU),
         default=functools.partial(_sweep, plans.default, GENERIC),
-        tpu=functools.partial(_sweep, plans.tpu, GENERIC),
+        tpu=plans.tpu_form(functools.partial(_sweep, plans.tpu, GENERIC)),
     )
     return total, (rows._replace(x=dx, coefficients=d_coefficients), d_shared)
 
