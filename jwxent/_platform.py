@@ -8,13 +8,14 @@ lowered for XLA:CPU and `g(*args)` in any other. `f` and `g` must compute the
 same function, with the same output types. A third form, `tpu=`, is taken
 for TPUs only where one differs (the fused loss's chunk count).
 
-It is `jax.lax.platform_dependent`, public JAX API: both forms are traced
+It is `jax.lax.platform_dependent`, public JAX API: every form is traced
 into a `switch` on the platform, and lowering for one platform keeps only
-that platform's branch, so the CUDA and TPU programs contain only the generic
-form, with no `case`, no `if` and no optimisation barrier, and the CPU
-program only its own. Being a `switch`, it composes with every transformation
-(`vmap`, forward and reverse mode, `shard_map` with its varying-axes checks)
-as `lax.switch` does. The price is trace time: both forms are traced.
+that platform's branch, so the CUDA and TPU programs contain only their own
+form, with no `case`, no `if` and none of the CPU form's optimisation
+barriers, and the CPU program only its own. Being a `switch`, it composes
+with every transformation (`vmap`, forward and reverse mode, `shard_map` with
+its varying-axes checks) as `lax.switch` does. The price is trace time:
+every form is traced.
 
 `generic_only()` makes every call take the generic form while it is active,
 so that the tests run the GPU/TPU path on CPU. It acts at trace time: trace

@@ -220,12 +220,9 @@ def _as_inputs(dtype: jnp.dtype) -> jnp.dtype:
     return jnp.dtype(dtype)
 
 
-def _float32(dtype: jnp.dtype) -> jnp.dtype:
-    return compute_dtype(dtype)
-
-
 GENERIC = ChunkForm(_as_inputs, zeros_like, _add_weight_gradient)
-XLA_CPU = ChunkForm(_float32, _xla_cpu.weight_gradient_zeros, _xla_cpu.add_weight_gradient)
+# XLA:CPU stores float32 logits (`compute_dtype`): its plan was tuned with them.
+XLA_CPU = ChunkForm(compute_dtype, _xla_cpu.weight_gradient_zeros, _xla_cpu.add_weight_gradient)
 
 
 class Plans(NamedTuple):
