@@ -114,7 +114,7 @@ def end_row_reductions(values: Any) -> Any:
     On XLA:CPU each array goes through `row_result`; the generic form is the
     identity.
     """
-    return by_platform(values, cpu=_row_results, default=_identity)
+    return by_platform(values, cpu=_row_results, default=identity)
 
 
 def row_result(x: Any) -> Any:
@@ -135,5 +135,6 @@ def _row_results(values: Any) -> Any:
     return jax.tree.map(row_result, values)
 
 
-def _identity(values: Any) -> Any:
+def identity(values: Any) -> Any:
+    """`values` unchanged: the form of a pass that one platform needs and the others not."""
     return values

@@ -52,7 +52,7 @@ from jwxent._numerics import (
     split_static,
     sum_present,
 )
-from jwxent._platform import by_platform
+from jwxent._platform import by_platform, identity
 from jwxent._softmax._core import RowStats, Target
 from jwxent._softmax._options import Options
 from jwxent._softmax._passes import adjusted, label_hits, masked, take_class, target_values
@@ -163,7 +163,7 @@ def _focal_tangents(
     # On GPUs and TPUs the logits under their own name: XLA would otherwise merge
     # (CSE) this `t·h'` with the forward pass's (`_sums_and_slopes_of`) and keep it
     # as a `[batch, classes]` buffer from one pass to the other.
-    logits = by_platform(inputs.logits, cpu=_same, default=lax.optimization_barrier)
+    logits = by_platform(inputs.logits, cpu=identity, default=lax.optimization_barrier)
     inputs = inputs._replace(logits=logits)
     dz, _, _, d_offsets, d_margins, d_shift, d_log_sum, d_gamma, d_targets, _, _ = d_inputs
     log_p, live = _log_probs(inputs)
@@ -248,10 +248,6 @@ def _row_sum(a: Array, slope: Array) -> Array:
 def _given(a: Array, slope: Array) -> Array:
     del a
     return slope
-
-
-def _same(x: Array) -> Array:
-    return x
 
 
 def _sums_and_slopes_of(

@@ -289,9 +289,8 @@ def max_and_sum_of_exp(z: Array) -> tuple[Array, Array]:
     partitioner reduces each device's columns, then merges `[rows, devices]`
     partials). The sum is only meaningful where `m` is finite.
     """
-    init = (jnp.array(-jnp.inf, z.dtype), jnp.array(0, z.dtype))
-    merge = functools.partial(_merge_partials, exp_sums=1, dots=0)
-    return lax.reduce((z, _ones_like(z)), init, merge, (z.ndim - 1,))
+    row_max, total, _, _ = max_sum_and_dots(z, ())
+    return row_max, total
 
 
 def _zeros_like(z: Array) -> Array:
