@@ -231,9 +231,10 @@ def max_sum_and_dots(
     A partial row carries `(m, s, q…, d…, T…)`: its max, its `Σ exp(z − m)`,
     each target's `Σ t exp(z − m)`, `Σ t (z − m)` and `Σ t`. Merged into a
     larger max `m`, the exponential sums scale by `e^{m_i − m}` and a
-    partial's dot gains `T_i·(m_i − m)` (0 where `T_i = 0`, so that
-    `0·(−inf) = 0`). A target on a row's largest logit stays exact: that
-    partial's dot is 0 and its max is the row's.
+    partial's dot gains `T_i·(m_i − m)`: 0 where `T_i = 0` (so that `0·(−inf)
+    = 0`) and where `m_i = m` (so that a target on a −inf logit reaches the
+    first finite max as −inf, not NaN). A target on a row's largest logit
+    stays exact: that partial's dot is 0 and its max is the row's.
     """
     ones, zeros = _ones_like(z), _zeros_like(z)
     # Every operand computed from `z`, with a tangent (see `_zeros_like`).
@@ -267,8 +268,11 @@ def _merge_partials(
     )
 
     def moved(d: Array, target_sum: Array, m: Array) -> Array:
+        # No move from a max that is already the row's: `m − row_max` is NaN
+        # when both are −inf (a target on a −inf logit merged with the init).
         shift = target_sum * (m - row_max)
-        return d + jnp.where(target_sum == 0, jnp.zeros_like(shift), shift)
+        stays = (target_sum == 0) | (m == row_max)
+        return d + jnp.where(stays, jnp.zeros_like(shift), shift)
 
     first = 1 + exp_sums
     d1, d2 = a[first : first + dots], b[first : first + dots]
