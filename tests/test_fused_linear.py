@@ -169,7 +169,7 @@ def test_hidden_size_with_a_short_last_weight_block(path):
 
 @pytest.mark.parametrize("platform", ["gpu", "tpu"])
 def test_generic_path_matches_in_float64(platform):
-    """The GPU and TPU plans (`accelerator_plan`: `GPU_CHUNKS` chunks, or `tpu_chunks`;
+    """The GPU and TPU plans (`accelerator_plan`: `gpu_chunks` or `tpu_chunks` chunks;
     the weight gradient accumulated in `w`'s dtype) on every keyword, in float64."""
     with jax.enable_x64(True), _platform.generic_only(platform):
         d = make_inputs(vocab=41, seed=5, batch=(8, 16))
@@ -184,14 +184,16 @@ def test_generic_path_matches_in_float64(platform):
         (8192, jnp.bfloat16, (8, 1024), (24, 344)),
         (8192, jnp.float32, (8, 1024), (16, 512)),
         (32768, jnp.bfloat16, (8, 4096), (32, 1024)),  # TPU chunks of at most 1024 tokens
+        (32776, jnp.float32, (9, 3648), (33, 1000)),  # GPU chunks of at most 4096 tokens
         (100, jnp.bfloat16, (7, 16), (13, 8)),  # multiples of 8 tokens, the last one short
     ],
 )
 def test_accelerator_plans(tokens, dtype, gpu, tpu):
-    """GPU: `GPU_CHUNKS` chunks; TPU: 16 (float32) or 24 (half precision) chunks of at
-    most `TPU_MAX_CHUNK` tokens; chunks of a multiple of 8 tokens that cover them all."""
+    """GPU: 8 chunks of at most `GPU_MAX_CHUNK` tokens; TPU: 16 (float32) or 24
+    (half precision) chunks of at most `TPU_MAX_CHUNK` tokens; chunks of a
+    multiple of 8 tokens that cover them all."""
     for expected, num_chunks in [
-        (gpu, _chunks.GPU_CHUNKS),
+        (gpu, _chunks.gpu_chunks(tokens)),
         (tpu, _chunks.tpu_chunks(tokens, dtype)),
     ]:
         plan = _chunks.accelerator_plan(tokens, None, num_chunks)
@@ -377,11 +379,12 @@ def test_temp_memory_does_not_grow_with_tokens():
     assert large <= small + per_token, (small, large)
 
 
-def test_four_million_tokens_lower_without_any_array_past_the_inputs():
+@pytest.mark.parametrize("platform", ["cpu", "cuda", "tpu"])
+def test_four_million_tokens_lower_without_any_array_past_the_inputs(platform):
     """4M tokens × 8k hidden × 32k vocabulary: `x` alone has 2^35 elements, past
-    int32. The program lowers (nothing allocated), every array larger than
-    2^31 elements is `x`, `dx` or a view of them, and the logits exist only a
-    chunk at a time."""
+    int32. The program lowers (nothing allocated) for each platform's plan,
+    every array larger than 2^31 elements is `x`, `dx` or a view of them, and
+    the logits exist only a chunk at a time."""
     tokens, hidden, vocab = 4 * 2**20, 8192, 32000
     x = jax.ShapeDtypeStruct((tokens, hidden), jnp.bfloat16)
     w = jax.ShapeDtypeStruct((hidden, vocab), jnp.bfloat16)
@@ -390,7 +393,8 @@ def test_four_million_tokens_lower_without_any_array_past_the_inputs():
     def loss(x, w, labels):
         return jwxent.linear_softmax_cross_entropy(x, w, labels, reduction="mean")
 
-    text = jax.jit(jax.value_and_grad(loss, (0, 1))).trace(x, w, labels).lower().as_text()
+    traced = jax.jit(jax.value_and_grad(loss, (0, 1))).trace(x, w, labels)
+    text = traced.lower(lowering_platforms=(platform,)).as_text()
     sizes = {
         int(np.prod([int(d) for d in dims.split("x")]))
         for dims in re.findall(r"tensor<((?:\d+x)+)[a-z]", text)

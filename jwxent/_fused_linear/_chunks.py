@@ -27,12 +27,13 @@ _HALF_PRECISION_CHUNK_ELEMENTS = 2**22
 _MIN_NUM_CHUNKS = 16
 _MIN_CHUNK = 8
 
-# The number of chunks on GPUs, and on TPUs for 4-byte and for half-precision
-# inputs (see `accelerator_plan`).
+# The fewest chunks on GPUs, and on TPUs for 4-byte and for half-precision
+# inputs (see `accelerator_plan`) ...
 GPU_CHUNKS = 8
 TPU_CHUNKS = 16
 TPU_HALF_PRECISION_CHUNKS = 24
-# ... and on TPUs at most this many tokens per chunk.
+# ... and the most tokens per chunk on each.
+GPU_MAX_CHUNK = 4096
 TPU_MAX_CHUNK = 1024
 
 # ---------------------------------------------------------------------------
@@ -94,7 +95,11 @@ def accelerator_plan(num_tokens: int, chunk_size: int | None, num_chunks: int) -
     * GPU (`GPU_CHUNKS`): a chunk's temporaries are its logits in the inputs'
       dtype, which their gradient overwrites, `T·V·b/n`, against the unfused
       loss's float32 logits and more (`4·T·V` bytes in bf16, `8·T·V` in f32):
-      8 chunks keep 1/16 of it.
+      8 chunks keep 1/16 of it. Past 32768 tokens, chunks of 4096 tokens
+      (`GPU_MAX_CHUNK`), so that a chunk's logits stay a bounded array (at
+      4M tokens, 8 chunks would each hold 2^34 logits, past int32 indexing);
+      they still do 6·4096 flops per `4·H·V·b` bytes of weight traffic, far
+      above the GPU's ratio of peak flops to bandwidth.
     * TPU: the gradient of the logits is fused into the two matmuls that read
       it, but the compiler lays the strided chunks out anew: up to two
       `[T, H]` copies (of `x` and of `dx`, a third with padding tokens) on
@@ -114,6 +119,11 @@ def accelerator_plan(num_tokens: int, chunk_size: int | None, num_chunks: int) -
     chunk = -(-num_tokens // num_chunks)
     chunk = max(_MIN_CHUNK, -(-chunk // _MIN_CHUNK) * _MIN_CHUNK)
     return Plan(num_tokens, chunk, -(-num_tokens // chunk))
+
+
+def gpu_chunks(num_tokens: int) -> int:
+    """The GPU plan's number of chunks for `num_tokens` tokens."""
+    return max(GPU_CHUNKS, -(-num_tokens // GPU_MAX_CHUNK))
 
 
 def tpu_chunks(num_tokens: int, dtype: jnp.dtype) -> int:
@@ -156,9 +166,10 @@ def zeros_like(a: Array, dtype: jnp.dtype | None = None) -> Array:
     Otherwise the zeros carry no sharding: inside `shard_map` a closed-over
     array's sharding names the outer mesh, which the body's cannot take.
     """
-    if explicit_sharding(a) is None:
+    sharding = explicit_sharding(a)
+    if sharding is None:
         return jnp.zeros(a.shape, dtype or a.dtype)
-    return jnp.zeros_like(a, dtype=dtype)
+    return jnp.zeros(a.shape, dtype or a.dtype, out_sharding=sharding)
 
 
 def explicit_sharding(like: Array) -> jax.sharding.NamedSharding | None:

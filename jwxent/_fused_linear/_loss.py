@@ -10,8 +10,16 @@ from typing import Literal
 import jax.numpy as jnp
 
 from jwxent import _checks, _reduction
-from jwxent._fused_linear._chunks import GPU_CHUNKS, accelerator_plan, make_plan, tpu_chunks
-from jwxent._fused_linear._sweep import Plans, Rows, Shared, capped, per_token, weighted_sum
+from jwxent._fused_linear._chunks import accelerator_plan, gpu_chunks, make_plan, tpu_chunks
+from jwxent._fused_linear._sweep import (
+    Plans,
+    Rows,
+    Shared,
+    capped,
+    on_the_mesh_of_x,
+    per_token,
+    weighted_sum,
+)
 from jwxent._numerics import class_vector, compute_dtype, hyperparameter, is_static_zero
 from jwxent._softmax._inputs import prepare_integer_labels
 from jwxent._softmax._losses import softmax_cross_entropy_with_integer_labels
@@ -253,7 +261,7 @@ def linear_softmax_cross_entropy(
         rows = jnp.where(targets.mask.reshape(-1, 1), rows, jnp.zeros_like(rows))
     plans = Plans(
         cpu=make_plan(rows.shape[0], vocab, chunk_size, x.dtype),
-        default=accelerator_plan(rows.shape[0], chunk_size, GPU_CHUNKS),
+        default=accelerator_plan(rows.shape[0], chunk_size, gpu_chunks(rows.shape[0])),
         tpu=accelerator_plan(rows.shape[0], chunk_size, tpu_chunks(rows.shape[0], x.dtype)),
     )
     coefficients = _reduction.coefficients(
@@ -267,6 +275,7 @@ def linear_softmax_cross_entropy(
     flat = Rows(
         rows, targets.labels.reshape(-1), targets.valid.reshape(-1), coefficients.reshape(-1)
     )
+    flat, shared = on_the_mesh_of_x(flat, shared)
     if reduction == "none":
         loss = per_token(plans.cpu, flat, shared).reshape(batch_shape)
         return _reduction.finish(

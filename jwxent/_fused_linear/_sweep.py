@@ -89,6 +89,34 @@ class Rows(NamedTuple):
     coefficients: Array
 
 
+def on_the_mesh_of_x(rows: Rows, shared: Shared) -> tuple[Rows, Shared]:
+    """With `x` sharded in types (a mesh with `Explicit` axes): the per-token
+    vectors laid out like its tokens, and each shared array that has no mesh
+    replicated on `x`'s.
+
+    The sweep's loop carries start as zeros laid out like these, and each
+    chunk's results take `x`'s mesh: a carry of no mesh (a `mean` reduction's
+    constant coefficients, a `w` placed without one) would not type-check
+    against them (`dynamic_update_slice` asks for equal shardings).
+    """
+    sharding = explicit_sharding(rows.x)
+    if sharding is None:
+        return rows, shared
+    tokens = jax.sharding.NamedSharding(sharding.mesh, jax.P(sharding.spec[0]))
+    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.P())
+
+    def per_token(a: Array) -> Array:
+        return a if jax.typeof(a).sharding == tokens else jax.sharding.reshard(a, tokens)
+
+    def meshed(a: Array | None) -> Array | None:
+        if a is None or explicit_sharding(a) is not None:
+            return a
+        return jax.sharding.reshard(a, replicated)
+
+    per_token_rows = Rows(rows.x, *map(per_token, rows[1:]))
+    return per_token_rows, Shared(*map(meshed, shared))
+
+
 def _transposed_sharding(like: Array) -> jax.sharding.NamedSharding | None:
     """The explicit sharding of `like.T` for a 2-D `like` (None without explicit axes)."""
     sharding = explicit_sharding(like)
