@@ -168,9 +168,9 @@ def shift_and_log_sum(
     corrected from the plain one (which would cancel when the label's
     probability rounds to 1).
 
-    One pass over the logits: the max and the sum of exponentials are reduced
-    together (`max_and_sum_of_exp`), where a max pass and a sum pass would
-    read every logit twice.
+    Over long rows one pass over the logits: the max and the sum of
+    exponentials are reduced together (`max_and_sum_of_exp`), where a max
+    pass and a sum pass would read every logit twice.
     """
     zt = margined(masked(adjusted(z, offsets, compute_dtype(z.dtype)), class_mask), label)
     return _finished(*max_and_sum_of_exp(zt))
@@ -284,15 +284,32 @@ def _merge_partials(
     return row_max, *scaled, *moved_dots, *target_sums
 
 
-def max_and_sum_of_exp(z: Array) -> tuple[Array, Array]:
-    """`(m, Σ_k exp(z_k − m))` with `m = max_k z_k` per row, in one reduction.
+SHORT_ROW_CLASSES = 4096
+"""Rows of at most this many classes take a max pass and a sum pass (`max_and_sum_of_exp`)."""
 
-    A variadic reduction over `(z_k, 1)` pairs merges partial rows with the
-    online log-sum-exp rule: `(m₁, s₁) ∘ (m₂, s₂) = (m, s₁·e^{m₁−m} + s₂·e^{m₂−m})`.
+
+def max_and_sum_of_exp(z: Array) -> tuple[Array, Array]:
+    """`(m, Σ_k exp(z_k − m))` with `m = max_k z_k` per row.
+
+    Over rows longer than `SHORT_ROW_CLASSES`, one reduction: a variadic
+    reduction over `(z_k, 1)` pairs merges partial rows with the online
+    log-sum-exp rule: `(m₁, s₁) ∘ (m₂, s₂) = (m, s₁·e^{m₁−m} + s₂·e^{m₂−m})`.
     The rule is associative, so XLA may reduce in any order and tree (and a
     partitioner reduces each device's columns, then merges `[rows, devices]`
     partials). The sum is only meaningful where `m` is finite.
+
+    Short rows take a max and a sum: XLA:GPU fuses the two into one softmax
+    kernel that holds the row on chip, which an H200 ran faster than the
+    variadic reduction at 1000 classes (65536 × 1000 `value_and_grad`: 0.381
+    against 0.454 ms in f32, 0.349 against 0.355 in bf16), while the one
+    reduction was faster at 32000 and 128256 classes (bf16 at 8192 × 32000:
+    0.998 against 1.062 ms). The boundary between is the target dots' own
+    (`ONE_PASS_DOTS_CLASSES`), not measured.
     """
+    if z.shape[-1] <= SHORT_ROW_CLASSES:
+        row_max = jnp.max(z, axis=-1)
+        shifted_z = z - finite_or_zero_shift(row_max)[..., None]
+        return row_max, jnp.sum(jnp.exp(shifted_z), axis=-1)
     row_max, total, _, _ = max_sum_and_dots(z, ())
     return row_max, total
 
