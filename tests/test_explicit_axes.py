@@ -42,15 +42,17 @@ def test_fused_loss_with_a_mask_and_no_weights_under_explicit_axes(mask, reducti
     assert jnp.all(jnp.isfinite(sharded))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("path", ["xla_cpu", "generic"])
 @pytest.mark.parametrize("w_on_mesh", [True, False], ids=["w_on_mesh", "w_without_mesh"])
-def test_fused_gradients_with_inputs_typed_on_a_mesh_and_no_context_mesh(w_on_mesh, path):
+def test_fused_gradients_with_inputs_typed_on_a_mesh_and_no_context_mesh(
+    w_on_mesh, path, reduction
+):
     """The data-parallel call of examples/multiprocess.py: `x` and the labels
-    typed on an `Explicit` mesh, `w` placed on it or not, no `jax.set_mesh`,
-    `mean` and `none` reductions. The constant coefficients and the zeros the
-    loop starts from have no mesh of their own; the loss lays them out on
-    `x`'s, or the loop's updates and the weight-gradient product fail to
-    type-check."""
+    typed on an `Explicit` mesh, `w` placed on it or not, no `jax.set_mesh`.
+    The constant coefficients and the zeros the loop starts from have no mesh
+    of their own; the loss lays them out on `x`'s, or the loop's updates and
+    the weight-gradient product fail to type-check."""
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal((16, 8)), rng.standard_normal((8, 12)) / 3
     y = np.arange(16) % 12
@@ -58,16 +60,18 @@ def test_fused_gradients_with_inputs_typed_on_a_mesh_and_no_context_mesh(w_on_me
     placed = lambda a, spec: jax.device_put(jnp.asarray(a, jnp.float32), NamedSharding(mesh, spec))
     w_in = placed(w, P()) if w_on_mesh else jnp.asarray(w, jnp.float32)
     y_in = jax.device_put(jnp.asarray(y), NamedSharding(mesh, P("data")))
-    for reduction in ("mean", "none"):
-        fn = lambda x, w: jnp.sum(
-            jwxent.linear_softmax_cross_entropy(x, w, y_in, reduction=reduction)
-        )
-        with _platform.generic_only() if path == "generic" else contextlib.nullcontext():
-            value, (dx, dw) = jax.jit(jax.value_and_grad(fn, (0, 1)))(placed(x, P("data")), w_in)
-        logits = jnp.asarray(x @ w)
-        loss = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, jnp.asarray(y))
-        total = (jnp.mean if reduction == "mean" else jnp.sum)(loss(logits))
-        dz = jax.grad(lambda z: (jnp.mean if reduction == "mean" else jnp.sum)(loss(z)))(logits)
-        np.testing.assert_allclose(value, total, rtol=1e-5)
-        np.testing.assert_allclose(dx, np.asarray(dz) @ w.T, rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(dw, x.T @ np.asarray(dz), rtol=1e-4, atol=1e-6)
+    reduce = jnp.mean if reduction == "mean" else jnp.sum
+
+    def fused(x, w):
+        return jnp.sum(jwxent.linear_softmax_cross_entropy(x, w, y_in, reduction=reduction))
+
+    def unfused(z):
+        return reduce(optax.softmax_cross_entropy_with_integer_labels(z, jnp.asarray(y)))
+
+    with _platform.generic_only() if path == "generic" else contextlib.nullcontext():
+        value, (dx, dw) = jax.jit(jax.value_and_grad(fused, (0, 1)))(placed(x, P("data")), w_in)
+    logits = jnp.asarray(x @ w, jnp.float32)
+    dz = np.asarray(jax.grad(unfused)(logits), np.float64)
+    np.testing.assert_allclose(value, unfused(logits), rtol=1e-5)
+    np.testing.assert_allclose(dx, dz @ w.T, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(dw, x.T @ dz, rtol=1e-4, atol=1e-6)

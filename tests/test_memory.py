@@ -35,8 +35,9 @@ def _on_cpu(*args):
 def _temp_bytes(loss, *args, grad=True):
     """Temp bytes of `loss`'s `value_and_grad` (or of `loss`) compiled for the CPU."""
     fn = jax.value_and_grad(loss) if grad else loss
-    compiled = jax.jit(fn).trace(*_on_cpu(*args)).lower().compile()
-    return compiled.memory_analysis().temp_size_in_bytes
+    stats = jax.jit(fn).trace(*_on_cpu(*args)).lower().compile().memory_analysis()
+    assert stats is not None  # the CPU client always reports it
+    return stats.temp_size_in_bytes
 
 
 def _inputs(dtype, probs_dtype=None):

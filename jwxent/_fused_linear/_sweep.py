@@ -108,13 +108,11 @@ def on_the_mesh_of_x(rows: Rows, shared: Shared) -> tuple[Rows, Shared]:
     def per_token(a: Array) -> Array:
         return a if jax.typeof(a).sharding == tokens else jax.sharding.reshard(a, tokens)
 
-    def meshed(a: Array | None) -> Array | None:
-        if a is None or explicit_sharding(a) is not None:
-            return a
-        return jax.sharding.reshard(a, replicated)
+    def meshed(a: Array) -> Array:
+        return a if explicit_sharding(a) is not None else jax.sharding.reshard(a, replicated)
 
     per_token_rows = Rows(rows.x, *map(per_token, rows[1:]))
-    return per_token_rows, Shared(*map(meshed, shared))
+    return per_token_rows, jax.tree.map(meshed, shared)
 
 
 def _transposed_sharding(like: Array) -> jax.sharding.NamedSharding | None:
