@@ -687,7 +687,7 @@ def test_out_of_range_labels_raise_eagerly_and_give_nan_under_jit(loss, bad):
 
 
 @pytest.mark.parametrize(
-    ("classes", "path"), [(50257, "xla_cpu"), (32771, "xla_cpu"), (32771, "generic")]
+    ("classes", "path"), [(50257, "xla_cpu"), (32771, "xla_cpu"), (4099, "generic")]
 )
 @pytest.mark.parametrize(
     "name",
@@ -700,8 +700,9 @@ def test_out_of_range_labels_raise_eagerly_and_give_nan_under_jit(loss, bad):
 def test_rows_longer_than_a_library_piece(name, classes, path):
     """Past 32768 classes XLA:CPU sums rows in pieces (the log-sum-exp and, for
     probability labels, the target dot and `Σ t·p`): 50257 = 29 pieces, 32771
-    is prime. The generic forms reduce rows this long in one variadic pass (and
-    the target dots in a second), where shorter rows take a max and a sum."""
+    is prime. The generic forms reduce rows longer than 4096 classes in one
+    variadic pass (and the target dots in a second), where shorter rows take a
+    max and a sum: 4099 is prime and past both bounds."""
     loss = registry.BY_NAME[name]
     rng = np.random.default_rng(5)
     # Off-centre logits: a wrong target dot no longer cancels the log-sum-exp's shift.
