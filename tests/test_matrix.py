@@ -687,7 +687,8 @@ def test_out_of_range_labels_raise_eagerly_and_give_nan_under_jit(loss, bad):
 
 
 @pytest.mark.parametrize(
-    ("classes", "path"), [(50257, "xla_cpu"), (32771, "xla_cpu"), (4099, "generic")]
+    ("classes", "path"),
+    [(50257, "xla_cpu"), (32771, "xla_cpu"), (4099, "generic"), (16400, "generic")],
 )
 @pytest.mark.parametrize(
     "name",
@@ -702,7 +703,9 @@ def test_rows_longer_than_a_library_piece(name, classes, path):
     probability labels, the target dot and `Σ t·p`): 50257 = 29 pieces, 32771
     is prime. The generic forms reduce rows longer than 4096 classes in one
     variadic pass (and the target dots in a second), where shorter rows take a
-    max and a sum: 4099 is prime and past both bounds."""
+    max and a sum: 4099 is prime and past both bounds. The GPU form cuts rows
+    past 16384 classes in 16 pieces and takes the float32 dots along: 16400 =
+    16 x 1025."""
     loss = registry.BY_NAME[name]
     rng = np.random.default_rng(5)
     # Off-centre logits: a wrong target dot no longer cancels the log-sum-exp's shift.

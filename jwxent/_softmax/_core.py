@@ -54,6 +54,7 @@ from jwxent._softmax._passes import (
     label_tangent,
     lse_and_dots,
     probabilities,
+    row_pieces,
     separate,
     shifted,
     take_class,
@@ -130,7 +131,11 @@ def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
         label,
         tuple(tuple(t) for t in targets.values()),
         cpu=functools.partial(_xla_cpu.lse_and_dots, with_prob_dots=with_prob_dots),
-        default=functools.partial(lse_and_dots, with_prob_dots=with_prob_dots),
+        default=functools.partial(lse_and_dots, with_prob_dots=with_prob_dots, pieces=True),
+        # TPUs keep long rows whole (`row_pieces`); traced only where a row is cut.
+        tpu=functools.partial(lse_and_dots, with_prob_dots=with_prob_dots)
+        if row_pieces(z) > 1
+        else None,
     )
     if label is None:  # laid out (and varying over mesh axes) like the row statistics
         picked = jnp.zeros_like(shift)

@@ -159,7 +159,11 @@ class Label(NamedTuple):
 
 
 def shift_and_log_sum(
-    z: Array, class_mask: Array | None, offsets: Array | None, label: Label | None
+    z: Array,
+    class_mask: Array | None,
+    offsets: Array | None,
+    label: Label | None,
+    pieces: bool = False,
 ) -> tuple[Array, Array]:
     """`(shift, log Σ_k exp(z̃_k − shift))` per row, shifted by the row max of `z̃`.
 
@@ -170,10 +174,11 @@ def shift_and_log_sum(
 
     Over long rows one pass over the logits: the max and the sum of
     exponentials are reduced together (`max_and_sum_of_exp`), where a max
-    pass and a sum pass would read every logit twice.
+    pass and a sum pass would read every logit twice; `pieces`: see
+    `row_pieces`.
     """
     zt = margined(masked(adjusted(z, offsets, compute_dtype(z.dtype)), class_mask), label)
-    return _finished(*max_and_sum_of_exp(zt))
+    return _finished(*max_and_sum_of_exp(zt, pieces))
 
 
 ONE_PASS_DOTS_CLASSES = 4096
@@ -187,27 +192,33 @@ def lse_and_dots(
     label: Label | None,
     targets: tuple[tuple[Array | None, Array | None], ...],
     with_prob_dots: bool,
+    pieces: bool = False,
 ) -> tuple[Array, Array, tuple[Array, ...], tuple[Array, ...]]:
     """`shift_and_log_sum`, the `target_dot` of each `(rows, classes)` target and,
     `with_prob_dots`, each one's `prob_dot` (else an empty tuple).
 
-    Rows of at most `ONE_PASS_DOTS_CLASSES` classes, without a class mask or
-    a label margin, in one pass over the logits: each dot is reduced together
-    with the log-sum-exp (`max_sum_and_dots`), so the logits (and a `[..., C]`
+    Rows of at most `ONE_PASS_DOTS_CLASSES` classes, and with `pieces` the
+    float32 rows that `row_pieces` cuts, without a class mask or a label
+    margin, in one pass over the logits: each dot is reduced together with
+    the log-sum-exp (`max_sum_and_dots`), so the logits (and a `[..., C]`
     target) are read once, as XLA:GPU reads them for optax's fused softmax.
     Otherwise the dots are a second pass, taken with the row max as their
-    shift (and the `prob_dot`s a third): XLA:GPU reduces a longer row in two
-    stages and would keep 512 bytes of partial sums per row for each of the
+    shift (and the `prob_dot`s a third): a row that XLA:GPU splits itself
+    would keep a few KiB of partial sums per row for each of the
     reduction's outputs, where optax does not read such rows once either.
+    In half precision, cut rows keep the second pass: one pass would keep the
+    targets' other sums from sharing its read of them (1.10x the traffic at
+    2048 x 128256 on an H100).
     """
-    one_pass = z.shape[-1] <= ONE_PASS_DOTS_CLASSES and class_mask is None
+    cut = pieces and row_pieces(z) > 1 and z.dtype == compute_dtype(z.dtype)
+    one_pass = (z.shape[-1] <= ONE_PASS_DOTS_CLASSES or cut) and class_mask is None
     if one_pass and (label is None or label.margin is None) and targets:
         zt = adjusted(z, offsets, compute_dtype(z.dtype))
         values = tuple(target_values(*t, zt.ndim, zt.dtype) for t in targets)
-        row_max, total, dots, exp_dots = max_sum_and_dots(zt, values, with_prob_dots)
+        row_max, total, dots, exp_dots = max_sum_and_dots(zt, values, with_prob_dots, pieces)
         shift, log_sum = _finished(row_max, total)
         return shift, log_sum, dots, tuple(q / total for q in exp_dots)
-    shift, log_sum = shift_and_log_sum(z, class_mask, offsets, label)
+    shift, log_sum = shift_and_log_sum(z, class_mask, offsets, label, pieces)
     dots = tuple(target_dot(z, offsets, shift, *t) for t in targets)
     if not with_prob_dots:
         return shift, log_sum, dots, ()
@@ -223,7 +234,7 @@ def _finished(row_max: Array, total: Array) -> tuple[Array, Array]:
 
 
 def max_sum_and_dots(
-    z: Array, targets: tuple[Array, ...], with_exp_dots: bool = False
+    z: Array, targets: tuple[Array, ...], with_exp_dots: bool = False, pieces: bool = False
 ) -> tuple[Array, Array, tuple[Array, ...], tuple[Array, ...]]:
     """`max_and_sum_of_exp(z)`, `Σ_k t_k (z_k − m)` for each target `t` and,
     `with_exp_dots`, `Σ_k t_k exp(z_k − m)` (else an empty tuple), in one reduction.
@@ -235,6 +246,9 @@ def max_sum_and_dots(
     = 0`) and where `m_i = m` (so that a target on a −inf logit reaches the
     first finite max as −inf, not NaN). A target on a row's largest logit
     stays exact: that partial's dot is 0 and its max is the row's.
+
+    With `pieces`, a row that `row_pieces` cuts is reduced as `[..., n, C/n]`
+    (a view of the row, no copy) and its `n` partials merged after.
     """
     ones, zeros = _ones_like(z), _zeros_like(z)
     # Every operand computed from `z`, with a tangent (see `_zeros_like`).
@@ -243,8 +257,41 @@ def max_sum_and_dots(
     operands = (z, ones, *targets[:j], *(zeros,) * k, *targets)
     init = (jnp.array(-jnp.inf, z.dtype), *(jnp.array(0, z.dtype),) * (1 + j + 2 * k))
     merge = functools.partial(_merge_partials, exp_sums=1 + j, dots=k)
-    row_max, total, *rest = lax.reduce(operands, init, merge, (z.ndim - 1,))
+    n = row_pieces(z) if pieces else 1
+    if n > 1:
+        operands = tuple(a.reshape(*a.shape[:-1], n, -1) for a in operands)
+    partials = lax.reduce(operands, init, merge, (operands[0].ndim - 1,))
+    if n > 1:
+        # The `n` partials of a row merged in turn: elementwise, one small fusion.
+        piece = lambda i: tuple(p[..., i] for p in partials)
+        partials = functools.reduce(merge, map(piece, range(1, n)), piece(0))
+    row_max, total, *rest = partials
     return row_max, total, tuple(rest[j : j + k]), tuple(rest[:j])
+
+
+SPLIT_ROW_CLASSES = 16384
+"""XLA:GPU reduces a longer row in two kernels, with float32 partial sums between them."""
+ROW_PIECES = 16
+
+
+def row_pieces(z: Array) -> int:
+    """How many pieces the GPU form reduces a row of `z` in: `ROW_PIECES` for
+    rows longer than `SPLIT_ROW_CLASSES` that it divides into pieces no longer
+    than that, else 1.
+
+    XLA:GPU splits a reduction over more than 16384 elements itself and keeps
+    its partials, about `4·√C` bytes per row for each output: 2,016 B/row of
+    temp at 2048 × 128256 for the integer-label loss, 4,334 with probability
+    labels and smoothing (H100 estimate). Reduced in 16 pieces, 84 and 647
+    B/row, at no more traffic. 16 pieces split evenly over 2, 4, 8 or 16
+    devices that shard the classes; with the class axis sharded in types the
+    row stays whole (its reshape would need its layout named). Not on TPUs:
+    their compiler lays the reshaped row out anew, 0.5 MB of temp per row.
+    """
+    classes = z.shape[-1]
+    if classes <= SPLIT_ROW_CLASSES or classes % ROW_PIECES or class_axis_is_sharded(z):
+        return 1
+    return ROW_PIECES if classes // ROW_PIECES <= SPLIT_ROW_CLASSES else 1
 
 
 def _merge_partials(
@@ -288,7 +335,7 @@ SHORT_ROW_CLASSES = 4096
 """Rows of at most this many classes take a max pass and a sum pass (`max_and_sum_of_exp`)."""
 
 
-def max_and_sum_of_exp(z: Array) -> tuple[Array, Array]:
+def max_and_sum_of_exp(z: Array, pieces: bool = False) -> tuple[Array, Array]:
     """`(m, Σ_k exp(z_k − m))` with `m = max_k z_k` per row.
 
     Over rows longer than `SHORT_ROW_CLASSES`, one reduction: a variadic
@@ -304,13 +351,13 @@ def max_and_sum_of_exp(z: Array) -> tuple[Array, Array]:
     against 0.454 ms in f32, 0.349 against 0.355 in bf16), while the one
     reduction was faster at 32000 and 128256 classes (bf16 at 8192 × 32000:
     0.998 against 1.062 ms). The boundary between is the target dots' own
-    (`ONE_PASS_DOTS_CLASSES`), not measured.
+    (`ONE_PASS_DOTS_CLASSES`), not measured. `pieces`: see `row_pieces`.
     """
     if z.shape[-1] <= SHORT_ROW_CLASSES:
         row_max = jnp.max(z, axis=-1)
         shifted_z = z - finite_or_zero_shift(row_max)[..., None]
         return row_max, jnp.sum(jnp.exp(shifted_z), axis=-1)
-    row_max, total, _, _ = max_sum_and_dots(z, ())
+    row_max, total, _, _ = max_sum_and_dots(z, (), pieces=pieces)
     return row_max, total
 
 
