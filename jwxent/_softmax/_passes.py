@@ -182,7 +182,8 @@ def shift_and_log_sum(
 
 
 ONE_PASS_DOTS_CLASSES = 4096
-"""The longest rows whose target dots are reduced with the log-sum-exp (`lse_and_dots`)."""
+"""The longest rows whose target dots are reduced with the log-sum-exp (`lse_and_dots`),
+and whose log-sum-exp takes a max pass and a sum pass (`max_and_sum_of_exp`)."""
 
 
 def lse_and_dots(
@@ -331,14 +332,10 @@ def _merge_partials(
     return row_max, *scaled, *moved_dots, *target_sums
 
 
-SHORT_ROW_CLASSES = 4096
-"""Rows of at most this many classes take a max pass and a sum pass (`max_and_sum_of_exp`)."""
-
-
 def max_and_sum_of_exp(z: Array, pieces: bool = False) -> tuple[Array, Array]:
     """`(m, Σ_k exp(z_k − m))` with `m = max_k z_k` per row.
 
-    Over rows longer than `SHORT_ROW_CLASSES`, one reduction: a variadic
+    Over rows longer than `ONE_PASS_DOTS_CLASSES`, one reduction: a variadic
     reduction over `(z_k, 1)` pairs merges partial rows with the online
     log-sum-exp rule: `(m₁, s₁) ∘ (m₂, s₂) = (m, s₁·e^{m₁−m} + s₂·e^{m₂−m})`.
     The rule is associative, so XLA may reduce in any order and tree (and a
@@ -350,10 +347,10 @@ def max_and_sum_of_exp(z: Array, pieces: bool = False) -> tuple[Array, Array]:
     variadic reduction at 1000 classes (65536 × 1000 `value_and_grad`: 0.381
     against 0.454 ms in f32, 0.349 against 0.355 in bf16), while the one
     reduction was faster at 32000 and 128256 classes (bf16 at 8192 × 32000:
-    0.998 against 1.062 ms). The boundary between is the target dots' own
-    (`ONE_PASS_DOTS_CLASSES`), not measured. `pieces`: see `row_pieces`.
+    0.998 against 1.062 ms). The boundary between is the target dots' own,
+    not measured. `pieces`: see `row_pieces`.
     """
-    if z.shape[-1] <= SHORT_ROW_CLASSES:
+    if z.shape[-1] <= ONE_PASS_DOTS_CLASSES:
         row_max = jnp.max(z, axis=-1)
         shifted_z = z - finite_or_zero_shift(row_max)[..., None]
         return row_max, jnp.sum(jnp.exp(shifted_z), axis=-1)
