@@ -201,6 +201,29 @@ def test_accelerator_plans(tokens, dtype, gpu, tpu):
         assert plan.chunk % 8 == 0 and 0 <= plan.padding < plan.chunk
 
 
+def test_the_accelerator_plan_computes_on_half_precision_logits():
+    """docs/semantics.md: on GPUs and TPUs the loss of bf16 `x`, `w` is the
+    unfused loss on `bf16(x @ w)`, not on float32 logits. The two references
+    differ by ~5e-5 here; the loss matches the first to float32 rounding. Run on
+    the CPU device on any host (a GPU matmul may round a tie the other way)."""
+    cpu = jax.devices("cpu")[0]
+    rng = np.random.default_rng(3)
+    x = jax.device_put(jnp.asarray(rng.standard_normal((64, 32)), jnp.bfloat16), cpu)
+    w = jax.device_put(jnp.asarray(rng.standard_normal((32, 300)) / 4, jnp.bfloat16), cpu)
+    labels = rng.integers(0, 300, 64)
+
+    def loss(x, w):
+        return jwxent.linear_softmax_cross_entropy(x, w, labels, reduction="sum")
+
+    with _platform.generic_only():
+        value = float(jax.jit(loss)(x, w))
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    stored = ref.linear_softmax_cross_entropy(x64, w64, labels, stored_dtype=jnp.bfloat16).sum()
+    exact = ref.linear_softmax_cross_entropy(x64, w64, labels).sum()
+    assert abs(value - stored) <= 1.5e-5 * stored
+    assert abs(exact - stored) >= 3e-5 * stored  # the check can tell the two apart
+
+
 def test_half_precision_weight_gradient_rounds_once_per_chunk():
     """On GPUs the bf16 weight gradient is the accumulator (it lives in the output
     buffer): each of the `GPU_CHUNKS` chunks adds a float32 product and rounds once,

@@ -1,9 +1,9 @@
 """Temp memory of `value_and_grad` from `compiled.memory_analysis()` (deterministic).
 
 These are the CPU program's bounds, compiled for the CPU on any machine (on a
-GPU host too). Accelerator programs split a row reduction longer than 16384
-classes into partial sums, a few KiB per row; their memory is estimated by
-`python -m benchmarks.run --target` (docs/benchmarks.md).
+GPU host too). Accelerator programs have bounds of their own (a few KiB per
+row where a compiler splits a long row reduction), estimated by `python -m
+benchmarks.run --target` (docs/benchmarks.md).
 
 The shape is the registry's `"memory"` shape (512 × 4096), large enough for
 XLA to pick the fusions it picks at the benchmark sizes. A float32 copy of the
