@@ -696,6 +696,8 @@ def test_out_of_range_labels_raise_eagerly_and_give_nan_under_jit(loss, bad):
         "softmax_cross_entropy_with_integer_labels",
         "softmax_cross_entropy",
         "poly_loss_cross_entropy",
+        "softmax_focal_loss",
+        "softmax_focal_loss_with_integer_labels",
     ],
 )
 def test_rows_longer_than_a_library_piece(name, classes, path):
@@ -705,13 +707,15 @@ def test_rows_longer_than_a_library_piece(name, classes, path):
     variadic pass (and the target dots in a second), where shorter rows take a
     max and a sum: 4099 is prime and past both bounds. The GPU form cuts rows
     past 16384 classes in 16 pieces and takes the float32 dots along: 16400 =
-    16 x 1025."""
+    16 x 1025. The focal sums (with smoothing, also of integer labels) and
+    the label weight `Σ c·q` are one variadic reduction there, cut the same
+    way."""
     loss = registry.BY_NAME[name]
     rng = np.random.default_rng(5)
     # Off-centre logits: a wrong target dot no longer cancels the log-sum-exp's shift.
     logits = (3.0 * rng.standard_normal((3, classes)) + 10.0).astype(np.float32)
     labels = rng.integers(0, classes, 3).astype(np.int32)
-    if name != "softmax_cross_entropy_with_integer_labels":
+    if not name.endswith("_with_integer_labels"):
         # Half of each row's mass on its largest logit, so that `Σ t·p` is not ~1/C.
         top = np.zeros_like(logits)  # not `np.eye(classes)[...]`: 10 GB at 50257 classes
         top[np.arange(len(top)), np.argmax(logits, axis=-1)] = 1.0

@@ -295,6 +295,37 @@ def row_pieces(z: Array) -> int:
     return ROW_PIECES if classes // ROW_PIECES <= SPLIT_ROW_CLASSES else 1
 
 
+def row_sums(xs: tuple[Array, ...], pieces: bool = False) -> tuple[Array, ...]:
+    """`Σ` over the last axis of each of the equally shaped `xs`, in one reduction.
+
+    One variadic reduction, so that one kernel reads what the sums share: XLA
+    neither splits it nor folds one of its sums into a later sum over the
+    batch, as it may with separate `jnp.sum`s. With `pieces`, a row that
+    `row_pieces` cuts is reduced as `[..., n, C/n]` and its `n` partials
+    summed after.
+    """
+    n = row_pieces(xs[0]) if pieces else 1
+    if n == 1:
+        return _variadic_sums(*xs)
+    return _variadic_sums(*_variadic_sums(*(x.reshape(*x.shape[:-1], n, -1) for x in xs)))
+
+
+@jax.custom_jvp
+def _variadic_sums(*xs: Array) -> tuple[Array, ...]:
+    init = tuple(jnp.zeros((), x.dtype) for x in xs)
+    return tuple(lax.reduce(xs, init, _added, (xs[0].ndim - 1,)))
+
+
+def _added(a: tuple[Array, ...], b: tuple[Array, ...]) -> tuple[Array, ...]:
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
+@_variadic_sums.defjvp
+def _variadic_sums_jvp(primals: tuple[Array, ...], tangents: tuple[Array, ...]):
+    # The plain sums' derivative: linear, so that reverse mode transposes it.
+    return _variadic_sums(*primals), tuple(jnp.sum(t, axis=-1) for t in tangents)
+
+
 def _merge_partials(
     a: tuple[Array, ...], b: tuple[Array, ...], *, exp_sums: int, dots: int
 ) -> tuple[Array, ...]:
