@@ -17,7 +17,9 @@ logits `z̃ = z + δ` (`offsets`, the logit adjustment) and, for integer labels,
   sum, so `Σ_k t_k (lse − z̃_k) = log_sum·Σ_k t_k − dot` (`cross_entropy`)
   keeps the precision of the integer-label `nll` when the targets sit on the
   largest logit;
-* `prob_dots[name] = Σ_k t_k softmax(z̃)_k` (the poly loss only).
+* `prob_dots[name] = Σ_k t_k softmax(z̃)_k` (the poly loss only);
+* `masses[name] = Σ_k t_k` for each target with rows (probability labels):
+  the example's label weight, summed in the dots' pass.
 
 `row_stats` is a `jax.custom_jvp`. Its tangent map is linear in the tangents
 and needs only the logits and the per-row statistics:
@@ -25,6 +27,7 @@ and needs only the logits and the per-row statistics:
     d log_sum  = Σ_k p_k dz̃_k            d picked = dz̃_y
     d dot      = Σ_k t_k dz̃_k + Σ_k dt_k (z̃_k − shift)
     d prob_dot = Σ_k dt_k p_k + Σ_k t_k p_k dz̃_k − prob_dot · d log_sum
+    d mass     = Σ_k dt_k
 
 JAX transposes it into the fused backward pass, `dz = g·p + g_picked·e_y + g_dot·t`.
 The map runs under `jax.checkpoint` with nothing saveable, so reverse mode
@@ -83,6 +86,7 @@ class RowStats(NamedTuple):
     picked: Array
     dots: dict[str, Array]
     prob_dots: dict[str, Array]
+    masses: dict[str, Array]
 
     @property
     def lse(self) -> Array:
@@ -124,7 +128,7 @@ def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
             logit = logit + take_class(offsets.astype(dtype), labels)
         margin = None if margins is None else take_class(margins.astype(dtype), labels)
         label = Label(labels, logit, margin)
-    shift, log_sum, plain_dots, plain_prob_dots = by_platform(
+    shift, log_sum, plain_dots, plain_prob_dots, plain_masses = by_platform(
         z,
         class_mask,
         offsets,
@@ -147,7 +151,8 @@ def _forward(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
             dot = dot - _target_at_label(t, label.labels, dtype) * label.margin
         dots[name] = dot
     prob_dots = dict(zip(targets, plain_prob_dots, strict=True)) if with_prob_dots else {}
-    return RowStats(shift, log_sum, picked, dots, prob_dots)
+    masses = {name: m for name, m in zip(targets, plain_masses, strict=True) if m is not None}
+    return RowStats(shift, log_sum, picked, dots, prob_dots, masses)
 
 
 def _d_target_at_label(t: Target, dt: Target, labels: Array, dtype: jnp.dtype) -> Array | None:
@@ -222,7 +227,7 @@ def _tangent_map(
             d_picked = sum_present(d_picked, -d_margin)
 
     zt = finite_or_zero(shifted(z, offsets, shift, dtype))
-    d_dots, d_prob_dots = {}, {}
+    d_dots, d_prob_dots, d_masses = {}, {}, {}
     for name, t in targets.items():
         dt = d_targets[name]
         values = target_values(t.rows, t.classes, ndim, dtype)
@@ -242,6 +247,8 @@ def _tangent_map(
                 None if d_margin is None else -_target_at_label(t, labels, dtype) * d_margin,
             )
         d_dots[name] = d_dot
+        if name in stats.masses:
+            d_masses[name] = _sum_rows(d_values)
         if with_prob_dots:
             d_prob = sum_present(
                 _sum_rows(None if d_values is None else d_values * p),
@@ -249,7 +256,7 @@ def _tangent_map(
                 _scale(d_log_sum, -stats.prob_dots[name]),
             )
             d_prob_dots[name] = d_prob
-    return RowStats(None, d_log_sum, d_picked, d_dots, d_prob_dots)  # type: ignore[arg-type]
+    return RowStats(None, d_log_sum, d_picked, d_dots, d_prob_dots, d_masses)  # type: ignore[arg-type]
 
 
 def _forward_of(static: tuple[bool, bool], inputs: _Inputs) -> RowStats:
@@ -302,7 +309,8 @@ def _without_classes(with_prob_dots: bool, inputs: _Inputs) -> RowStats:
     """
     zeros = jnp.zeros(inputs.logits.shape[:-1], compute_dtype(inputs.logits.dtype))
     dots = dict.fromkeys(inputs.targets, zeros)
-    return RowStats(zeros, zeros, zeros, dots, dots if with_prob_dots else {})
+    masses = {name: zeros for name, t in inputs.targets.items() if t.rows is not None}
+    return RowStats(zeros, zeros, zeros, dots, dots if with_prob_dots else {}, masses)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -54,6 +54,7 @@ from jwxent._numerics import (
 )
 from jwxent._platform import by_platform, identity
 from jwxent._softmax._core import RowStats, Target
+from jwxent._softmax._inputs import expected_class_weight
 from jwxent._softmax._options import Options
 from jwxent._softmax._passes import (
     adjusted,
@@ -212,8 +213,8 @@ def focal_sums(
 
     `p` is the softmax of `row_stats`, whose `stats` are given: `z + δ`, and
     with margins the label's logit lowered by its margin. The label weight is
-    `prepared.label_weight`; with probability labels and class weights, off
-    XLA:CPU, it is `Σ_k t_k` of the first target, summed in the same pass.
+    `prepared.label_weight`, or with probability labels and class weights
+    `Σ_k t_k` of the first target (`c·q`), summed in the same pass off XLA:CPU.
     """
     static_gamma, gamma_array = split_static(gamma, stats.shift.dtype)
     inputs = _FocalSumInputs(
@@ -229,29 +230,33 @@ def focal_sums(
         (),
         (),
     )
-    with_mass = prepared.probabilities is not None and prepared.class_weights is not None
-    sums, slopes, label_weight = by_platform(
+    # With probability labels and class weights the label weight `Σ_k c_k q_k`.
+    weighted = prepared.probabilities is not None and prepared.class_weights is not None
+    labels = (prepared.probabilities, prepared.class_weights) if weighted else None
+    sums, slopes, mass = by_platform(
         inputs,
-        prepared.label_weight,
+        labels,
         cpu=functools.partial(_sums_without_slopes, static_gamma),
-        default=functools.partial(_sums_and_slopes, static_gamma, with_mass, True),
-        tpu=functools.partial(_sums_and_slopes, static_gamma, with_mass, False),
+        default=functools.partial(_sums_and_slopes, static_gamma, True),
+        tpu=functools.partial(_sums_and_slopes, static_gamma, False),
     )
-    return _focal_sums(static_gamma, inputs._replace(sums=sums, slopes=slopes)), label_weight
+    focal = _focal_sums(static_gamma, inputs._replace(sums=sums, slopes=slopes))
+    return focal, mass if weighted else prepared.label_weight
 
 
 def _sums_without_slopes(
-    static_gamma: float | None, inputs: _FocalSumInputs, label_weight: Array | None
+    static_gamma: float | None, inputs: _FocalSumInputs, labels: tuple[Array, Array] | None
 ) -> tuple[tuple[Array, ...], tuple[Array, ...], Array | None]:
     """The focal sums alone, zeros for slopes (XLA:CPU's backward pass sums them),
-    and `label_weight` as it is.
+    and the label weight of `labels` (`(q, c)`, or None) in a pass of its own.
 
     On XLA:CPU the extra forward reduction costs more than the backward one
     it saves (`focal/soft` at 8192 x 32000 f32: 4.0 s -> 7.7 s, and a fourth
     `[batch, classes]` float32 temporary).
     """
     sums = _plain_sums(static_gamma, inputs)
-    return sums, tuple(jnp.zeros_like(x) for x in sums), label_weight
+    mass = None if labels is None else expected_class_weight(*labels, inputs.log_sum.dtype)
+    return sums, tuple(jnp.zeros_like(x) for x in sums), mass
 
 
 def _plain_sums_of(static_gamma: float | None, inputs: _FocalSumInputs) -> tuple[Array, ...]:
@@ -274,13 +279,12 @@ def _given(a: Array, slope: Array) -> Array:
 
 def _sums_and_slopes_of(
     static_gamma: float | None,
-    with_mass: bool,
     pieces: bool,
     inputs: _FocalSumInputs,
-    label_weight: Array | None,
+    labels: tuple[Array, Array] | None,
 ) -> tuple[tuple[Array, ...], tuple[Array, ...], Array | None]:
     """Per row and target, `Σ_k t_k·h(log p_k)` and `Σ_k t_k·h'(log p_k)`, and
-    `with_mass` `Σ_k t_k` of the first target (else `label_weight`), in one pass.
+    with `labels` `Σ_k t_k` of the first target, `c·q` (else None), in one pass.
 
     `log p = z̃ − shift − log_sum`. The second, the coefficient of `d lse`,
     is what the tangent map needs before its elementwise part: summed here
@@ -301,15 +305,16 @@ def _sums_and_slopes_of(
     h, dh, _ = _focal_terms(log_p, joined(static_gamma, inputs.gamma), live)
     dtype = log_p.dtype
     values = [target_values(*t, log_p.ndim, dtype) for t in inputs.targets]
-    terms = [t * h for t in values] + [t * dh for t in values] + values[:1] * with_mass
+    masses = values[:1] if labels is not None else []
+    terms = [t * h for t in values] + [t * dh for t in values] + masses
     totals = row_sums(tuple(jnp.broadcast_to(x, log_p.shape) for x in terms), pieces)
     k = len(values)
-    return totals[:k], totals[k : 2 * k], totals[-1] if with_mass else label_weight
+    return totals[:k], totals[k : 2 * k], None if labels is None else totals[-1]
 
 
 # Recomputed in reverse mode: their residuals would be `[batch, classes]` arrays.
 _plain_sums = recomputed(_plain_sums_of, static_argnums=(0,))
-_sums_and_slopes = recomputed(_sums_and_slopes_of, static_argnums=(0, 1, 2))
+_sums_and_slopes = recomputed(_sums_and_slopes_of, static_argnums=(0, 1))
 
 
 # ---------------------------------------------------------------------------

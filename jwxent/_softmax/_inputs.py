@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jwxent import _checks, _reduction
 from jwxent._derivatives import recomputed
@@ -22,12 +21,12 @@ from jwxent._numerics import class_vector, compute_dtype, expand_rank, is_static
 from jwxent._platform import end_row_reductions
 from jwxent._softmax._core import Target
 from jwxent._softmax._passes import (
-    class_axis_is_sharded,
     explicitly_sharded,
     gather_entries,
     masked,
     take_class,
 )
+from jwxent._softmax._xla_cpu import target_mass
 from jwxent._typing import Array, ArrayLike, Axis
 
 
@@ -198,17 +197,9 @@ def check_smoothing_without_class_mask(
 
 
 def expected_class_weight(q: Array, class_weights: Array | None, dtype: jnp.dtype) -> Array | None:
-    """`Σ_k q_k·c_k` per row (None without class weights), as a matrix-vector product.
-
-    Written as a row sum of `q·c`, XLA would share that product with the core's
-    target `q·c` and write it out: a `[batch, classes]` float32 array.
-    """
-    if class_weights is None:
-        return None
-    q, class_weights = q.astype(dtype), class_weights.astype(dtype)
-    if class_axis_is_sharded(q):  # a product over a sharded axis needs an output sharding
-        return jnp.sum(q * expand_rank(class_weights, q.ndim), axis=-1)
-    return jnp.matmul(q, class_weights, precision=lax.Precision.HIGHEST)
+    """`Σ_k q_k·c_k` per row (None without class weights), a pass of its own
+    (`_xla_cpu.target_mass`); the losses whose core sums it take it from there."""
+    return None if class_weights is None else target_mass(q, class_weights, dtype)
 
 
 def check_smoothing_has_classes(label_smoothing: ArrayLike, prepared: PreparedLogits) -> None:

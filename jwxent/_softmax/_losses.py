@@ -55,6 +55,8 @@ def _probability_label_loss(
     if options.smoothed:
         targets["smoothing"], total = smoothing(prepared)
     stats = statistics(prepared, targets, with_prob_dots=options.poly_epsilon is not None)
+    if prepared.class_weights is not None:  # the label weight from the dots' pass
+        prepared = prepared._replace(label_weight=stats.masses["labels"])
     loss = probability_cross_entropy(stats, prepared, total, options)
     return finish(loss, stats, prepared, options)
 

@@ -194,18 +194,19 @@ def lse_and_dots(
     targets: tuple[tuple[Array | None, Array | None], ...],
     with_prob_dots: bool,
     pieces: bool = False,
-) -> tuple[Array, Array, tuple[Array, ...], tuple[Array, ...]]:
-    """`shift_and_log_sum`, the `target_dot` of each `(rows, classes)` target and,
-    `with_prob_dots`, each one's `prob_dot` (else an empty tuple).
+) -> tuple[Array, Array, tuple[Array, ...], tuple[Array, ...], tuple[Array | None, ...]]:
+    """`shift_and_log_sum`, the `target_dots` of the `(rows, classes)` targets,
+    `with_prob_dots` each one's `prob_dot` (else an empty tuple), and the
+    `target_dots`' masses.
 
     Rows of at most `ONE_PASS_DOTS_CLASSES` classes, and with `pieces` the
     float32 rows that `row_pieces` cuts, without a class mask or a label
     margin, in one pass over the logits: each dot is reduced together with
     the log-sum-exp (`max_sum_and_dots`), so the logits (and a `[..., C]`
     target) are read once, as XLA:GPU reads them for optax's fused softmax.
-    Otherwise the dots are a second pass, taken with the row max as their
-    shift (and the `prob_dot`s a third): a row that XLA:GPU splits itself
-    would keep a few KiB of partial sums per row for each of the
+    Otherwise the dots and masses are a second pass, taken with the row max
+    as their shift (and the `prob_dot`s a third): a row that XLA:GPU splits
+    itself would keep a few KiB of partial sums per row for each of the
     reduction's outputs, where optax does not read such rows once either.
     In half precision, cut rows keep the second pass: one pass would keep the
     targets' other sums from sharing its read of them (1.10x the traffic at
@@ -216,15 +217,18 @@ def lse_and_dots(
     if one_pass and (label is None or label.margin is None) and targets:
         zt = adjusted(z, offsets, compute_dtype(z.dtype))
         values = tuple(target_values(*t, zt.ndim, zt.dtype) for t in targets)
-        row_max, total, dots, exp_dots = max_sum_and_dots(zt, values, with_prob_dots, pieces)
+        row_max, total, dots, exp_dots, sums = max_sum_and_dots(zt, values, with_prob_dots, pieces)
         shift, log_sum = _finished(row_max, total)
-        return shift, log_sum, dots, tuple(q / total for q in exp_dots)
+        with_rows = (rows is not None for rows, _ in targets)
+        masses = tuple(s if has else None for s, has in zip(sums, with_rows, strict=True))
+        return shift, log_sum, dots, tuple(q / total for q in exp_dots), masses
     shift, log_sum = shift_and_log_sum(z, class_mask, offsets, label, pieces)
-    dots = tuple(target_dot(z, offsets, shift, *t) for t in targets)
+    dots, masses = target_dots(z, offsets, shift, targets, pieces)
     if not with_prob_dots:
-        return shift, log_sum, dots, ()
+        return shift, log_sum, dots, (), masses
     softmax = (z, class_mask, offsets, shift, log_sum)
-    return shift, log_sum, dots, tuple(prob_dot(*softmax, *t) for t in targets)
+    prob_dots = tuple(prob_dot(*softmax, *t) for t in targets)
+    return shift, log_sum, dots, prob_dots, masses
 
 
 def _finished(row_max: Array, total: Array) -> tuple[Array, Array]:
@@ -236,9 +240,10 @@ def _finished(row_max: Array, total: Array) -> tuple[Array, Array]:
 
 def max_sum_and_dots(
     z: Array, targets: tuple[Array, ...], with_exp_dots: bool = False, pieces: bool = False
-) -> tuple[Array, Array, tuple[Array, ...], tuple[Array, ...]]:
-    """`max_and_sum_of_exp(z)`, `Σ_k t_k (z_k − m)` for each target `t` and,
-    `with_exp_dots`, `Σ_k t_k exp(z_k − m)` (else an empty tuple), in one reduction.
+) -> tuple[Array, Array, tuple[Array, ...], tuple[Array, ...], tuple[Array, ...]]:
+    """`max_and_sum_of_exp(z)`, `Σ_k t_k (z_k − m)` for each target `t`,
+    `with_exp_dots` `Σ_k t_k exp(z_k − m)` (else an empty tuple), and each
+    target's `Σ_k t_k`, in one reduction.
 
     A partial row carries `(m, s, q…, d…, T…)`: its max, its `Σ exp(z − m)`,
     each target's `Σ t exp(z − m)`, `Σ t (z − m)` and `Σ t`. Merged into a
@@ -267,7 +272,7 @@ def max_sum_and_dots(
         piece = lambda i: tuple(p[..., i] for p in partials)
         partials = functools.reduce(merge, map(piece, range(1, n)), piece(0))
     row_max, total, *rest = partials
-    return row_max, total, tuple(rest[j : j + k]), tuple(rest[:j])
+    return row_max, total, tuple(rest[j : j + k]), tuple(rest[:j]), tuple(rest[j + k :])
 
 
 SPLIT_ROW_CLASSES = 16384
@@ -385,7 +390,7 @@ def max_and_sum_of_exp(z: Array, pieces: bool = False) -> tuple[Array, Array]:
         row_max = jnp.max(z, axis=-1)
         shifted_z = z - finite_or_zero_shift(row_max)[..., None]
         return row_max, jnp.sum(jnp.exp(shifted_z), axis=-1)
-    row_max, total, _, _ = max_sum_and_dots(z, (), pieces=pieces)
+    row_max, total, _, _, _ = max_sum_and_dots(z, (), pieces=pieces)
     return row_max, total
 
 
@@ -419,19 +424,35 @@ def shifted(z: Array, offsets: Array | None, shift: Array, dtype: jnp.dtype) -> 
     return adjusted(z, offsets, dtype) - shift[..., None].astype(dtype)
 
 
-def target_dot(
-    z: Array, offsets: Array | None, shift: Array, rows: Array | None, classes: Array | None
-) -> Array:
-    """`Σ_k t_k (z̃_k − shift)` per row with `t = rows · classes`, and `0·(−inf) = 0`.
+def target_dots(
+    z: Array,
+    offsets: Array | None,
+    shift: Array,
+    targets: tuple[tuple[Array | None, Array | None], ...],
+    pieces: bool = False,
+) -> tuple[tuple[Array, ...], tuple[Array | None, ...]]:
+    """`Σ_k t_k (z̃_k − shift)` per row for each `(rows, classes)` target `t = rows ·
+    classes` (with `0·(−inf) = 0`), and its mass `Σ_k t_k` where it has rows
+    (else None), in one reduction (`row_sums`).
 
     The shift is taken out inside the sum, so that `Σ_k t_k (lse − z̃_k) =
     log_sum·Σ_k t_k − dot` does not cancel when the targets sit on the
     largest logits (a one-hot row is then exactly the integer-label loss).
+    A probability target's mass is the example's label weight: summed here,
+    the target is read once for both (as a product of its own, once more).
     """
     dtype = compute_dtype(z.dtype)
-    t = target_values(rows, classes, z.ndim, dtype)
-    products = t * shifted(z, offsets, shift, dtype)
-    return jnp.sum(jnp.where(t == 0, jnp.zeros_like(products), products), axis=-1)
+    z_shifted = shifted(z, offsets, shift, dtype)
+    values = [target_values(rows, classes, z.ndim, dtype) for rows, classes in targets]
+    products = [t * z_shifted for t in values]
+    dots = [jnp.where(t == 0, jnp.zeros_like(x), x) for t, x in zip(values, products, strict=True)]
+    with_rows = [rows is not None for rows, _ in targets]
+    masses = [jnp.broadcast_to(t, z.shape) for t, has in zip(values, with_rows, strict=True) if has]
+    if not dots:
+        return (), ()
+    sums = iter(row_sums((*dots, *masses), pieces))
+    dot_sums = tuple(next(sums) for _ in dots)
+    return dot_sums, tuple(next(sums) if has else None for has in with_rows)
 
 
 def prob_dot(z, class_mask, offsets, shift, log_sum, rows, classes) -> Array:

@@ -19,14 +19,12 @@ import jax.numpy as jnp
 
 from jwxent import _reduction
 from jwxent._numerics import hyperparameter, is_static_zero
-from jwxent._platform import end_row_reductions
 from jwxent._softmax._core import RowStats, Target, row_stats
 from jwxent._softmax._inputs import (
     PreparedLogits,
     check_smoothing_has_classes,
     check_smoothing_without_class_mask,
     cost_weight,
-    expected_class_weight,
     label_margin_vector,
     prepare_integer_labels,
     prepare_probability_labels,
@@ -48,8 +46,10 @@ class Prepared(NamedTuple):
       valid: bool `[*batch]`, False where an integer label is out of range.
       probabilities: `[*batch, C]` probability labels (None: integer labels).
       class_weights, offsets, margins: `[C]` vectors in the compute dtype, or None.
-      label_weight: `[*batch]` weight the label gives the example
-        (`c_y`, or `Σ_k c_k q_k`), or None.
+      label_weight: `[*batch]` weight the label gives the example, `c_y`, or
+        None. For probability labels the loss sets `Σ_k c_k q_k` once its
+        pass over the logits has summed it (None until then, and without
+        class weights).
     """
 
     logits: PreparedLogits
@@ -129,7 +129,7 @@ def prepare_probability(
         class_weights=cw,
         offsets=prepared.class_vector(options.logit_adjustment, "logit_adjustment"),
         margins=None,
-        label_weight=expected_class_weight(q, cw, prepared.dtype),
+        label_weight=None,
     )
 
 
@@ -193,13 +193,10 @@ def probability_cross_entropy(
 ) -> Array:
     """`Σ_k t_k·(lse − z̃_k)` per example, `t = c·q̃`, plus PolyLoss's `ε·Σ_k t_k·(1 − p_k)`.
 
-    `stats.dots` holds `"labels"` (and `"smoothing"` with label smoothing).
+    `stats.dots` holds `"labels"` (and `"smoothing"` with label smoothing),
+    `stats.masses` the labels' `Σ_k c_k q_k`.
     """
-    q, dtype = prepared.probabilities, prepared.dtype
-    mass = prepared.label_weight
-    if mass is None and q is not None:
-        mass = end_row_reductions(jnp.sum(q, axis=-1, dtype=dtype))
-    assert mass is not None
+    mass = stats.masses["labels"]
     spread = None if smoothing_total is None else stats.cross_entropy("smoothing", smoothing_total)
     loss = smoothed(
         stats.cross_entropy("labels", mass), spread, options.label_smoothing, prepared.num_classes
@@ -215,7 +212,7 @@ def probability_cross_entropy(
         options.label_smoothing,
         prepared.num_classes,
     )
-    return loss + hyperparameter(options.poly_epsilon, dtype) * poly
+    return loss + hyperparameter(options.poly_epsilon, prepared.dtype) * poly
 
 
 # ---------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jwxent._numerics import compute_dtype
+from jwxent._numerics import compute_dtype, expand_rank
 from jwxent._platform import row_result, vary_like
 from jwxent._softmax import _passes
 from jwxent._typing import Array
@@ -137,18 +137,40 @@ def lse_and_dots(
     label: _passes.Label | None,
     targets: tuple[tuple[Array | None, Array | None], ...],
     with_prob_dots: bool,
-) -> tuple[Array, Array, tuple[Array, ...], tuple[Array, ...]]:
+) -> tuple[Array, Array, tuple[Array, ...], tuple[Array, ...], tuple[Array | None, ...]]:
     """`_passes.lse_and_dots` as separate passes: the log-sum-exp, then the dots
     and the `prob_dot`s, each pass reading the logits under its own name
-    (`separate`)."""
+    (`separate`); each mass of a target with rows is a pass of its own
+    (`target_mass`)."""
     shift, log_sum = shift_and_log_sum(z, class_mask, offsets, label)
     z_dots, (_, offsets_dots, shift_dots) = separate(z, (log_sum, offsets, shift))
     dots = tuple(target_dot(z_dots, offsets_dots, shift_dots, *t) for t in targets)
+    masses = tuple(
+        None if rows is None else target_mass(rows, classes, shift.dtype)
+        for rows, classes in targets
+    )
     if not with_prob_dots:
-        return shift, log_sum, dots, ()
+        return shift, log_sum, dots, (), masses
     z_probs, (shift_p, log_sum_p, offsets_p) = separate(z, (shift, log_sum, offsets))
     softmax = (z_probs, class_mask, offsets_p, shift_p, log_sum_p)
-    return shift, log_sum, dots, tuple(prob_dot(*softmax, *t) for t in targets)
+    return shift, log_sum, dots, tuple(prob_dot(*softmax, *t) for t in targets), masses
+
+
+def target_mass(rows: Array, classes: Array | None, dtype: jnp.dtype) -> Array:
+    """`Σ_k rows_k·classes_k` per row: with `[C]` classes a matrix-vector product.
+
+    Written as a row sum of the product, XLA would share the product with the
+    dots' target and write it out: a `[batch, classes]` float32 array.
+    """
+    rows = rows.astype(dtype)
+    if classes is None:
+        return row_result(jnp.sum(rows, axis=-1))
+    classes = classes.astype(dtype)
+    if _passes.class_axis_is_sharded(
+        rows
+    ):  # a product over a sharded axis needs an output sharding
+        return jnp.sum(rows * expand_rank(classes, rows.ndim), axis=-1)
+    return jnp.matmul(rows, classes, precision=lax.Precision.HIGHEST)
 
 
 def label_logit(z: Array, labels: Array) -> Array:
