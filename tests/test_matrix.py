@@ -686,19 +686,20 @@ def test_out_of_range_labels_raise_eagerly_and_give_nan_under_jit(loss, bad):
     np.testing.assert_array_equal(np.delete(np.asarray(out), 2), np.delete(np.asarray(good), 2))
 
 
+LONG_ROWS = [(50257, "xla_cpu"), (32771, "xla_cpu"), (4099, "generic"), (16400, "generic")]
+ON_THE_PASSES = [
+    "softmax_cross_entropy_with_integer_labels",
+    "softmax_cross_entropy",
+    "poly_loss_cross_entropy",
+]
+# The focal losses' own pass has no XLA:CPU pieces, only the generic forms' cut rows.
+WITH_FOCAL_SUMS = ["softmax_focal_loss", "softmax_focal_loss_with_integer_labels"]
+
+
 @pytest.mark.parametrize(
-    ("classes", "path"),
-    [(50257, "xla_cpu"), (32771, "xla_cpu"), (4099, "generic"), (16400, "generic")],
-)
-@pytest.mark.parametrize(
-    "name",
-    [
-        "softmax_cross_entropy_with_integer_labels",
-        "softmax_cross_entropy",
-        "poly_loss_cross_entropy",
-        "softmax_focal_loss",
-        "softmax_focal_loss_with_integer_labels",
-    ],
+    ("name", "classes", "path"),
+    [(name, *rows) for name in ON_THE_PASSES for rows in LONG_ROWS]
+    + [(name, *rows) for name in WITH_FOCAL_SUMS for rows in LONG_ROWS if rows[1] == "generic"],
 )
 def test_rows_longer_than_a_library_piece(name, classes, path):
     """Past 32768 classes XLA:CPU sums rows in pieces (the log-sum-exp and, for
