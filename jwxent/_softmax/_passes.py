@@ -195,19 +195,20 @@ def lse_and_dots(
     with_prob_dots: bool,
     pieces: bool = False,
 ) -> tuple[Array, Array, tuple[Array, ...], tuple[Array, ...], tuple[Array | None, ...]]:
-    """`shift_and_log_sum`, the `target_dots` of the `(rows, classes)` targets,
-    `with_prob_dots` each one's `prob_dot` (else an empty tuple), and the
-    `target_dots`' masses.
+    """`shift_and_log_sum`, and for the `(rows, classes)` targets their dots,
+    `with_prob_dots` their `prob_dot`s (else an empty tuple), and their
+    masses (see `target_sums`).
 
     Rows of at most `ONE_PASS_DOTS_CLASSES` classes, and with `pieces` the
     float32 rows that `row_pieces` cuts, without a class mask or a label
     margin, in one pass over the logits: each dot is reduced together with
     the log-sum-exp (`max_sum_and_dots`), so the logits (and a `[..., C]`
     target) are read once, as XLA:GPU reads them for optax's fused softmax.
-    Otherwise the dots and masses are a second pass, taken with the row max
-    as their shift (and the `prob_dot`s a third): a row that XLA:GPU splits
-    itself would keep a few KiB of partial sums per row for each of the
-    reduction's outputs, where optax does not read such rows once either.
+    Otherwise the dots, masses and `prob_dot`s are a second pass
+    (`target_sums`), taken with the row max as their shift: a row that
+    XLA:GPU splits itself would keep a few KiB of partial sums per row for
+    each of the reduction's outputs, where optax does not read such rows
+    once either.
     In half precision, cut rows keep the second pass: one pass would keep the
     targets' other sums from sharing its read of them (1.10x the traffic at
     2048 x 128256 on an H100).
@@ -223,11 +224,8 @@ def lse_and_dots(
         masses = tuple(s if has else None for s, has in zip(sums, with_rows, strict=True))
         return shift, log_sum, dots, tuple(q / total for q in exp_dots), masses
     shift, log_sum = shift_and_log_sum(z, class_mask, offsets, label, pieces)
-    dots, masses = target_dots(z, offsets, shift, targets, pieces)
-    if not with_prob_dots:
-        return shift, log_sum, dots, (), masses
-    softmax = (z, class_mask, offsets, shift, log_sum)
-    prob_dots = tuple(prob_dot(*softmax, *t) for t in targets)
+    p = probabilities(z, class_mask, offsets, shift, log_sum) if with_prob_dots else None
+    dots, masses, prob_dots = target_sums(z, offsets, shift, targets, p, pieces)
     return shift, log_sum, dots, prob_dots, masses
 
 
@@ -424,22 +422,24 @@ def shifted(z: Array, offsets: Array | None, shift: Array, dtype: jnp.dtype) -> 
     return adjusted(z, offsets, dtype) - shift[..., None].astype(dtype)
 
 
-def target_dots(
+def target_sums(
     z: Array,
     offsets: Array | None,
     shift: Array,
     targets: tuple[tuple[Array | None, Array | None], ...],
+    p: Array | None = None,
     pieces: bool = False,
-) -> tuple[tuple[Array, ...], tuple[Array | None, ...]]:
-    """`Σ_k t_k (z̃_k − shift)` per row for each `(rows, classes)` target `t = rows ·
-    classes` (with `0·(−inf) = 0`), and its mass `Σ_k t_k` where it has rows
-    (else None), in one reduction (`row_sums`).
+) -> tuple[tuple[Array, ...], tuple[Array | None, ...], tuple[Array, ...]]:
+    """Per row and `(rows, classes)` target `t = rows · classes`: the dot
+    `Σ_k t_k (z̃_k − shift)` (with `0·(−inf) = 0`), the mass `Σ_k t_k` where
+    it has rows (else None) and, given the softmax `p`, `Σ_k t_k p_k` (else
+    an empty tuple), in one reduction (`row_sums`).
 
     The shift is taken out inside the sum, so that `Σ_k t_k (lse − z̃_k) =
     log_sum·Σ_k t_k − dot` does not cancel when the targets sit on the
     largest logits (a one-hot row is then exactly the integer-label loss).
     A probability target's mass is the example's label weight: summed here,
-    the target is read once for both (as a product of its own, once more).
+    the target is read once for all three.
     """
     dtype = compute_dtype(z.dtype)
     z_shifted = shifted(z, offsets, shift, dtype)
@@ -448,11 +448,13 @@ def target_dots(
     dots = [jnp.where(t == 0, jnp.zeros_like(x), x) for t, x in zip(values, products, strict=True)]
     with_rows = [rows is not None for rows, _ in targets]
     masses = [jnp.broadcast_to(t, z.shape) for t, has in zip(values, with_rows, strict=True) if has]
+    prob_products = [] if p is None else [t * p for t in values]
     if not dots:
-        return (), ()
-    sums = iter(row_sums((*dots, *masses), pieces))
+        return (), (), ()
+    sums = iter(row_sums((*dots, *masses, *prob_products), pieces))
     dot_sums = tuple(next(sums) for _ in dots)
-    return dot_sums, tuple(next(sums) if has else None for has in with_rows)
+    mass_sums = tuple(next(sums) if has else None for has in with_rows)
+    return dot_sums, mass_sums, tuple(sums)
 
 
 def prob_dot(z, class_mask, offsets, shift, log_sum, rows, classes) -> Array:

@@ -191,7 +191,7 @@ def label_logit(z: Array, labels: Array) -> Array:
 def target_dot(
     z: Array, offsets: Array | None, shift: Array, rows: Array | None, classes: Array | None
 ) -> Array:
-    """`_passes.target_dot`: a plain product, clamped only where it gives NaN.
+    """`_passes.target_sums`' dot: a plain product, clamped only where it gives NaN.
 
     The product (a matrix-vector product for a `[C]` target, else a row sum of
     `t·z̃`) is NaN only for `0·(−inf)` or NaN logits; only then is the clamped
