@@ -54,7 +54,6 @@ from jwxent._numerics import (
 )
 from jwxent._platform import by_platform, identity
 from jwxent._softmax._core import RowStats, Target
-from jwxent._softmax._inputs import expected_class_weight
 from jwxent._softmax._options import Options
 from jwxent._softmax._passes import (
     adjusted,
@@ -73,6 +72,7 @@ from jwxent._softmax._pipeline import (
     smoothing,
     statistics,
 )
+from jwxent._softmax._xla_cpu import target_mass
 from jwxent._typing import Array, ArrayLike, Axis, Reduction
 
 # ---------------------------------------------------------------------------
@@ -230,32 +230,35 @@ def focal_sums(
         (),
         (),
     )
-    # With probability labels and class weights the label weight `Σ_k c_k q_k`.
-    weighted = prepared.probabilities is not None and prepared.class_weights is not None
-    labels = (prepared.probabilities, prepared.class_weights) if weighted else None
+    # With probability labels and class weights, the label weight `Σ_k c_k q_k`
+    # is the mass of the first target.
+    with_mass = prepared.probabilities is not None and prepared.class_weights is not None
     sums, slopes, mass = by_platform(
         inputs,
-        labels,
-        cpu=functools.partial(_sums_without_slopes, static_gamma),
-        default=functools.partial(_sums_and_slopes, static_gamma, True),
-        tpu=functools.partial(_sums_and_slopes, static_gamma, False),
+        cpu=functools.partial(_sums_without_slopes, static_gamma, with_mass),
+        default=functools.partial(_sums_and_slopes, static_gamma, with_mass, True),
+        tpu=functools.partial(_sums_and_slopes, static_gamma, with_mass, False),
     )
     focal = _focal_sums(static_gamma, inputs._replace(sums=sums, slopes=slopes))
-    return focal, mass if weighted else prepared.label_weight
+    return focal, mass if with_mass else prepared.label_weight
 
 
 def _sums_without_slopes(
-    static_gamma: float | None, inputs: _FocalSumInputs, labels: tuple[Array, Array] | None
+    static_gamma: float | None, with_mass: bool, inputs: _FocalSumInputs
 ) -> tuple[tuple[Array, ...], tuple[Array, ...], Array | None]:
     """The focal sums alone, zeros for slopes (XLA:CPU's backward pass sums them),
-    and the label weight of `labels` (`(q, c)`, or None) in a pass of its own.
+    and `with_mass` the first target's mass in a pass of its own (else None).
 
     On XLA:CPU the extra forward reduction costs more than the backward one
     it saves (`focal/soft` at 8192 x 32000 f32: 4.0 s -> 7.7 s, and a fourth
     `[batch, classes]` float32 temporary).
     """
     sums = _plain_sums(static_gamma, inputs)
-    mass = None if labels is None else expected_class_weight(*labels, inputs.log_sum.dtype)
+    mass = None
+    if with_mass:
+        q, class_weights = inputs.targets[0]
+        assert q is not None
+        mass = target_mass(q, class_weights, inputs.log_sum.dtype)
     return sums, tuple(jnp.zeros_like(x) for x in sums), mass
 
 
@@ -278,13 +281,10 @@ def _given(a: Array, slope: Array) -> Array:
 
 
 def _sums_and_slopes_of(
-    static_gamma: float | None,
-    pieces: bool,
-    inputs: _FocalSumInputs,
-    labels: tuple[Array, Array] | None,
+    static_gamma: float | None, with_mass: bool, pieces: bool, inputs: _FocalSumInputs
 ) -> tuple[tuple[Array, ...], tuple[Array, ...], Array | None]:
     """Per row and target, `Σ_k t_k·h(log p_k)` and `Σ_k t_k·h'(log p_k)`, and
-    with `labels` `Σ_k t_k` of the first target, `c·q` (else None), in one pass.
+    `with_mass` the first target's mass `Σ_k t_k` (else None), in one pass.
 
     `log p = z̃ − shift − log_sum`. The second, the coefficient of `d lse`,
     is what the tangent map needs before its elementwise part: summed here
@@ -305,16 +305,16 @@ def _sums_and_slopes_of(
     h, dh, _ = _focal_terms(log_p, joined(static_gamma, inputs.gamma), live)
     dtype = log_p.dtype
     values = [target_values(*t, log_p.ndim, dtype) for t in inputs.targets]
-    masses = values[:1] if labels is not None else []
+    masses = values[:1] if with_mass else []
     terms = [t * h for t in values] + [t * dh for t in values] + masses
     totals = row_sums(tuple(jnp.broadcast_to(x, log_p.shape) for x in terms), pieces)
     k = len(values)
-    return totals[:k], totals[k : 2 * k], None if labels is None else totals[-1]
+    return totals[:k], totals[k : 2 * k], totals[-1] if with_mass else None
 
 
 # Recomputed in reverse mode: their residuals would be `[batch, classes]` arrays.
 _plain_sums = recomputed(_plain_sums_of, static_argnums=(0,))
-_sums_and_slopes = recomputed(_sums_and_slopes_of, static_argnums=(0, 1))
+_sums_and_slopes = recomputed(_sums_and_slopes_of, static_argnums=(0, 1, 2))
 
 
 # ---------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from jwxent._softmax._passes import (
     masked,
     take_class,
 )
-from jwxent._softmax._xla_cpu import target_mass
 from jwxent._typing import Array, ArrayLike, Axis
 
 
@@ -194,12 +193,6 @@ def check_smoothing_without_class_mask(
             "`label_smoothing` with integer labels cannot be combined with a logits-shaped "
             "`where`; smooth probability labels instead."
         )
-
-
-def expected_class_weight(q: Array, class_weights: Array | None, dtype: jnp.dtype) -> Array | None:
-    """`Σ_k q_k·c_k` per row (None without class weights), a pass of its own
-    (`_xla_cpu.target_mass`); the losses whose core sums it take it from there."""
-    return None if class_weights is None else target_mass(q, class_weights, dtype)
 
 
 def check_smoothing_has_classes(label_smoothing: ArrayLike, prepared: PreparedLogits) -> None:

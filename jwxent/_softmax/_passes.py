@@ -441,6 +441,8 @@ def target_sums(
     A probability target's mass is the example's label weight: summed here,
     the target is read once for all three.
     """
+    if not targets:
+        return (), (), ()
     dtype = compute_dtype(z.dtype)
     z_shifted = shifted(z, offsets, shift, dtype)
     values = [target_values(rows, classes, z.ndim, dtype) for rows, classes in targets]
@@ -449,8 +451,6 @@ def target_sums(
     with_rows = [rows is not None for rows, _ in targets]
     masses = [jnp.broadcast_to(t, z.shape) for t, has in zip(values, with_rows, strict=True) if has]
     prob_products = [] if p is None else [t * p for t in values]
-    if not dots:
-        return (), (), ()
     sums = iter(row_sums((*dots, *masses, *prob_products), pieces))
     dot_sums = tuple(next(sums) for _ in dots)
     mass_sums = tuple(next(sums) if has else None for has in with_rows)
