@@ -166,9 +166,8 @@ def target_mass(rows: Array, classes: Array | None, dtype: jnp.dtype) -> Array:
     if classes is None:
         return row_result(jnp.sum(rows, axis=-1))
     classes = classes.astype(dtype)
-    if _passes.class_axis_is_sharded(
-        rows
-    ):  # a product over a sharded axis needs an output sharding
+    # A product over a sharded axis needs an output sharding.
+    if _passes.class_axis_is_sharded(rows):
         return jnp.sum(rows * expand_rank(classes, rows.ndim), axis=-1)
     return jnp.matmul(rows, classes, precision=lax.Precision.HIGHEST)
 
